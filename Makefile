@@ -1,0 +1,125 @@
+# ringup: plain Makefile. `make run` serves on :8080, `make test` runs the suite.
+# Other targets: all, asan, fuzz, check, format, check-format, bench-healthz, clean.
+
+CC       ?= cc
+BUILD    ?= build
+SANITIZER ?=
+LLHTTP_SRC := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include/llhttp
+
+WARN   := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+          -Wformat=2 -Wvla -Wimplicit-fallthrough
+CFLAGS ?= -O2 -g
+BASE_CFLAGS := -std=gnu11 -D_GNU_SOURCE -pthread -I. -I$(LLHTTP_INC) -I/usr/include/postgresql \
+               -MMD -MP
+ifneq ($(SANITIZER),)
+CFLAGS  += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=$(SANITIZER)
+endif
+LIBS := -luring -lpq -lhiredis -lcjson -lcrypto -lmagic -lm -pthread
+
+ENGINE_SRC := $(sort $(wildcard engine/*.c))
+PROTO_SRC  := $(sort $(wildcard proto/*.c))
+LIB_SRC    := $(filter-out engine/main.c,$(ENGINE_SRC)) $(PROTO_SRC)
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
+BIN        := $(BUILD)/ringup
+
+UNIT_SRC   := $(sort $(wildcard tests/engine/*_test.c tests/proto/*_test.c))
+UNIT_BIN   := $(UNIT_SRC:%.c=$(BUILD)/%)
+FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+REPLAY_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/replay/%)
+FUZZ_BIN   := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+
+.PHONY: all run test asan test-suite units fuzz check format check-format bench-healthz clean \
+        devstack-start devstack-stop
+
+all: ringup
+
+ringup: $(BIN)
+	@if [ "$(BIN)" != "ringup" ]; then cp $(BIN) ringup; fi
+
+$(BIN): $(BUILD)/engine/main.o $(LIB_OBJ) $(LLHTTP_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) -c -o $@ $<
+
+# llhttp comes from Debian's node-llhttp, compiled strict and without -Werror.
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -I$(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1 $(CFLAGS) -w -c -o $@ $<
+
+# Unit tests may #include the module under test; they link the rest of the tree.
+$(BUILD)/tests/%_test: tests/%_test.c $(LIB_OBJ) $(LLHTTP_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< \
+	    $(filter-out $(BUILD)/$*.o,$(LIB_OBJ)) $(LLHTTP_OBJ) -lcmocka $(LIBS)
+
+# Fuzz targets built with a plain driver replay their corpus in every test run.
+$(BUILD)/replay/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_OBJ) $(LLHTTP_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c \
+	    $(LIB_OBJ) $(LLHTTP_OBJ) $(LIBS)
+
+units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN)
+
+run: 
+	tools/bootstrap
+	$(MAKE) ringup
+	tools/devstack start
+	@tools/devstack banner
+	./ringup serve
+
+# The suite: unit tests and corpus replay under ASan+UBSan, integration tests
+# against the release binary with a private PostgreSQL and Redis.
+test:
+	tools/bootstrap
+	$(MAKE) ringup
+	$(MAKE) BUILD=build/asan SANITIZER=address,undefined units
+	tools/run-tests --units build/asan --bin ./ringup
+
+# The whole suite, integration tests included, against an ASan+UBSan binary.
+asan:
+	tools/bootstrap
+	$(MAKE) BUILD=build/asan SANITIZER=address,undefined units
+	tools/run-tests --units build/asan --bin build/asan/ringup
+
+fuzz: $(FUZZ_BIN)
+
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
+	@mkdir -p $(dir $@) build/fuzz/llhttp
+	for f in llhttp api http; do \
+	    clang -std=gnu11 -I$(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1 -O1 -g -w \
+	        -fsanitize=fuzzer-no-link,address,undefined -c -o build/fuzz/llhttp/$$f.o \
+	        $(LLHTTP_SRC)/$$f.c; done
+	clang $(BASE_CFLAGS) -O1 -g $(WARN) -fsanitize=fuzzer,address,undefined -o $@ $< \
+	    $(LIB_SRC) build/fuzz/llhttp/*.o $(LIBS)
+
+# Layering rules of STYLE.md, and every header compiling on its own.
+check:
+	@! grep -nE '#include <(liburing|libpq-fe|hiredis/hiredis)\.h>' proto/*.c proto/*.h engine/*.h \
+	    || { echo "check: liburing/libpq/hiredis included outside engine/*.c"; exit 1; }
+	@! grep -nE '#include "engine/' proto/*.c proto/*.h \
+	    || { echo "check: proto/ includes engine/"; exit 1; }
+	@for h in engine/*.h proto/*.h; do \
+	    echo "#include \"$$h\"" | $(CC) $(BASE_CFLAGS) $(WARN) -fsyntax-only -x c - \
+	        || { echo "check: $$h is not self-contained"; exit 1; }; done
+	@echo "check: ok"
+
+FORMAT_SRC = $(wildcard engine/*.[ch] proto/*.[ch] tests/*/*.[ch] bench/*.[ch])
+format:
+	clang-format -i $(FORMAT_SRC)
+
+check-format:
+	clang-format --dry-run --Werror $(FORMAT_SRC)
+
+bench-healthz: ringup
+	tools/bootstrap --bench
+	bench/healthz.sh
+
+clean:
+	rm -rf build ringup
+
+-include $(shell find build -name '*.d' 2>/dev/null)

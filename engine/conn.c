@@ -1,0 +1,718 @@
+/*
+ * conn: connection slots, receive queue, HTTP feeding, output chain,
+ * timeouts and closing. All of it runs on the owning worker's thread.
+ */
+#include "engine/conn.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#include "engine/ring.h"
+#include "engine/route.h"
+
+#define POOL_CACHE 64 /* head and output buffers kept for reuse per worker */
+
+/* Connections open in the whole process (rejected ones excepted): MAX_CONNECTIONS. */
+static uint32_t conns_total;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void conn_pool_init(struct conn_pool *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->heads = malloc(POOL_CACHE * sizeof(*p->heads));
+    p->obufs = malloc(POOL_CACHE * sizeof(*p->obufs));
+    if (p->heads == NULL || p->obufs == NULL)
+        log_oom();
+}
+
+void conn_pool_free(struct conn_pool *p)
+{
+    uint32_t i;
+
+    for (i = 0; i < p->nchunks; i++)
+        free(p->chunks[i]);
+    for (i = 0; i < p->nheads; i++)
+        free(p->heads[i]);
+    for (i = 0; i < p->nobufs; i++)
+        free(p->obufs[i]);
+    free(p->chunks);
+    free(p->heads);
+    free(p->obufs);
+    free(p->starved);
+    memset(p, 0, sizeof(*p));
+}
+
+static struct conn *slot(struct conn_pool *p, uint32_t idx)
+{
+    return &p->chunks[idx / CONN_CHUNK][idx % CONN_CHUNK];
+}
+
+/* The live connection a CQE names, or NULL for a stale one. */
+static struct conn *lookup(struct ring *r, uint32_t idx, uint16_t gen)
+{
+    struct conn *c;
+
+    if (idx / CONN_CHUNK >= r->conns.nchunks)
+        return NULL;
+    c = slot(&r->conns, idx);
+    if (c->fd < 0 || c->gen != gen)
+        return NULL;
+    return c;
+}
+
+static void grow(struct conn_pool *p)
+{
+    struct conn **chunks = realloc(p->chunks, (p->nchunks + 1) * sizeof(*chunks));
+    struct conn *chunk = calloc(CONN_CHUNK, sizeof(*chunk));
+    uint32_t i;
+
+    if (chunks == NULL || chunk == NULL)
+        log_oom();
+    p->chunks = chunks;
+    p->chunks[p->nchunks] = chunk;
+    for (i = CONN_CHUNK; i-- > 0;) {
+        chunk[i].idx = p->nchunks * CONN_CHUNK + i;
+        chunk[i].fd = -1;
+        chunk[i].next = p->free;
+        p->free = &chunk[i];
+    }
+    p->nchunks++;
+}
+
+static struct http_head *head_get(struct ring *r)
+{
+    struct conn_pool *p = &r->conns;
+    struct http_head *h;
+
+    if (p->nheads > 0) {
+        h = p->heads[--p->nheads];
+    } else {
+        h = malloc(sizeof(*h));
+        if (h == NULL)
+            log_oom();
+    }
+    met_inc(&r->met.heads_in_use);
+    return h;
+}
+
+static void head_put(struct ring *r, struct http_head *h)
+{
+    struct conn_pool *p = &r->conns;
+
+    met_dec(&r->met.heads_in_use);
+    if (p->nheads < POOL_CACHE)
+        p->heads[p->nheads++] = h;
+    else
+        free(h);
+}
+
+static struct obuf *obuf_get(struct ring *r, size_t n)
+{
+    struct conn_pool *p = &r->conns;
+    struct obuf *o;
+
+    if (n <= CONN_OBUF_SIZE && p->nobufs > 0) {
+        o = p->obufs[--p->nobufs];
+    } else {
+        size_t cap = n > CONN_OBUF_SIZE ? n : CONN_OBUF_SIZE;
+        o = malloc(sizeof(*o) + cap);
+        if (o == NULL)
+            log_oom();
+        o->cap = (uint32_t)cap;
+    }
+    o->next = NULL;
+    o->off = 0;
+    o->len = 0;
+    return o;
+}
+
+static void obuf_put(struct ring *r, struct obuf *o)
+{
+    struct conn_pool *p = &r->conns;
+
+    if (o->cap == CONN_OBUF_SIZE && p->nobufs < POOL_CACHE)
+        p->obufs[p->nobufs++] = o;
+    else
+        free(o);
+}
+
+static void release_head(struct conn *c)
+{
+    if (c->hp.head != NULL) {
+        head_put(c->ring, c->hp.head);
+        c->hp.head = NULL;
+    }
+}
+
+/* Give every queued receive buffer back. */
+static void drop_input(struct conn *c)
+{
+    struct buf_ring *b = &c->ring->bufs;
+
+    while (c->in_first != BUF_NONE) {
+        uint16_t bid = c->in_first;
+        c->in_first = b->next[bid];
+        buf_put(b, bid);
+    }
+    c->in_count = 0;
+    c->in_off = 0;
+}
+
+static void enqueue_input(struct conn *c, uint16_t bid, uint32_t len)
+{
+    struct buf_ring *b = &c->ring->bufs;
+
+    b->len[bid] = len;
+    b->next[bid] = BUF_NONE;
+    if (c->in_first == BUF_NONE) {
+        c->in_first = bid;
+        c->in_off = 0;
+    } else {
+        b->next[c->in_last] = bid;
+    }
+    c->in_last = bid;
+    c->in_count++;
+}
+
+/* n bytes of the first queued buffer were consumed. */
+static void consume(struct conn *c, size_t n)
+{
+    struct buf_ring *b = &c->ring->bufs;
+    uint16_t bid = c->in_first;
+
+    c->in_off += (uint32_t)n;
+    if (c->in_off < b->len[bid])
+        return;
+    c->in_first = b->next[bid];
+    c->in_off = 0;
+    c->in_count--;
+    buf_put(b, bid);
+}
+
+static void arm_recv(struct conn *c)
+{
+    struct ring *r = c->ring;
+    struct io_uring_sqe *sqe = ring_sqe(r);
+
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = r->bufs.bgid;
+    io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_RECV, c->gen, c->idx));
+    c->recv_armed = 1;
+    c->inflight++;
+}
+
+static void cancel_recv(struct conn *c)
+{
+    struct io_uring_sqe *sqe = ring_sqe(c->ring);
+
+    io_uring_prep_cancel64(sqe, ring_ud(RING_OP_RECV, c->gen, c->idx), 0);
+    io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_CANCEL, c->gen, c->idx));
+    c->recv_cancel = 1;
+    c->inflight++;
+}
+
+/*
+ * Receive while there is room: a connection stops reading when its queued
+ * input or output passes a bound (backpressure), or when buffers ran out.
+ */
+static void update_recv(struct conn *c)
+{
+    bool want = !c->peer_eof && !c->starved && c->state != CONN_CLOSING &&
+                c->in_count < CONN_INPUT_MAX && c->out_bytes < CONN_OUT_HIGH;
+
+    if (want && !c->recv_armed)
+        arm_recv(c);
+    else if (!want && c->recv_armed && !c->recv_cancel && !c->peer_eof && c->state != CONN_CLOSING)
+        cancel_recv(c);
+}
+
+static void flush(struct conn *c)
+{
+    struct io_uring_sqe *sqe;
+    struct obuf *o = c->out_first;
+
+    if (c->send_busy || o == NULL || c->state == CONN_CLOSING)
+        return;
+    sqe = ring_sqe(c->ring);
+    io_uring_prep_send(sqe, c->fd, o->data + o->off, o->len - o->off, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_SEND, c->gen, c->idx));
+    c->send_busy = 1;
+    c->inflight++;
+}
+
+/* When the timer should fire next for the connection's state. */
+static uint64_t due(const struct conn *c)
+{
+    uint64_t t = c->ring->cfg->connection_timeout;
+
+    switch (c->state) {
+    case CONN_HEAD:
+        return c->req_start_ns / 1000000 + t;
+    case CONN_LINGER:
+        return c->timer.deadline;
+    default:
+        return c->active_ms + t;
+    }
+}
+
+static void finalize(struct conn *c)
+{
+    struct ring *r = c->ring;
+    struct conn_pool *p = &r->conns;
+
+    if (c->fd < 0 || c->state != CONN_CLOSING || c->inflight != 0)
+        return;
+    close(c->fd);
+    while (c->out_first != NULL) {
+        struct obuf *o = c->out_first;
+        c->out_first = o->next;
+        obuf_put(r, o);
+    }
+    c->out_last = NULL;
+    c->fd = -1;
+    c->gen++;
+    if (!c->reject)
+        __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
+    p->open--;
+    met_set(&r->met.conn_open, p->open);
+    c->next = p->dead;
+    p->dead = c;
+}
+
+void conn_close(struct conn *c)
+{
+    struct io_uring_sqe *sqe;
+
+    if (c->state == CONN_CLOSING)
+        return;
+    c->state = CONN_CLOSING;
+    tmr_cancel(&c->ring->timers, &c->timer);
+    drop_input(c);
+    release_head(c);
+    if (c->inflight > 0) {
+        sqe = ring_sqe(c->ring);
+        io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_CANCEL, c->gen, c->idx));
+        c->inflight++;
+    }
+    finalize(c);
+}
+
+/* Output is sent and the connection must close: shut the write side, drain, close. */
+static void start_linger(struct conn *c)
+{
+    struct ring *r = c->ring;
+    struct io_uring_sqe *sqe;
+    uint64_t t =
+        r->cfg->connection_timeout < CONN_LINGER_MS ? r->cfg->connection_timeout : CONN_LINGER_MS;
+
+    if (c->peer_eof) {
+        conn_close(c);
+        return;
+    }
+    c->state = CONN_LINGER;
+    drop_input(c);
+    release_head(c);
+    sqe = ring_sqe(r);
+    io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+    io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_SHUTDOWN, c->gen, c->idx));
+    c->inflight++;
+    tmr_set(&r->timers, &c->timer, r->now_ms + t);
+    update_recv(c);
+}
+
+static void on_timer(struct tmr *t)
+{
+    struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, timer));
+    struct ring *r = c->ring;
+    uint64_t when = due(c);
+
+    if (c->state == CONN_CLOSING)
+        return;
+    if (c->state == CONN_LINGER) {
+        conn_close(c);
+        return;
+    }
+    if (when > r->now_ms) {
+        tmr_set(&r->timers, t, when);
+        return;
+    }
+    met_inc(&r->met.conn_timed_out);
+    if ((c->state == CONN_HEAD || c->state == CONN_BODY) && !c->answered && !c->close_after &&
+        c->out_first == NULL) {
+        route_fail(c, -ETIMEDOUT, c->state == CONN_BODY ? c->hp.head : NULL);
+        flush(c);
+        tmr_set(&r->timers, t, r->now_ms + CONN_LINGER_MS);
+        return;
+    }
+    conn_close(c);
+}
+
+static void start_request(struct conn *c)
+{
+    c->state = CONN_HEAD;
+    c->answered = 0;
+    c->discard = 0;
+    c->req_start_ns = now_ns();
+}
+
+static void finish_request(struct conn *c)
+{
+    release_head(c);
+    c->state = CONN_IDLE;
+    if (conn_stopping(c))
+        conn_close_after(c);
+}
+
+/* A parse error: answer it and close. */
+static void fail(struct conn *c, int err)
+{
+    if (c->state == CONN_IDLE)
+        start_request(c);
+    route_fail(c, err, c->hp.head_done ? c->hp.head : NULL);
+}
+
+/* Body bytes of a request whose route took none: skip a little, else close after answering. */
+static void skip_body(struct conn *c, size_t n)
+{
+    c->discard += (uint32_t)(n > CONN_DISCARD_MAX ? CONN_DISCARD_MAX : n);
+    if (c->discard >= CONN_DISCARD_MAX)
+        conn_close_after(c);
+}
+
+/* Feed queued input to the parser while nothing holds it back. */
+static void process(struct conn *c)
+{
+    struct ring *r = c->ring;
+
+    while (c->in_first != BUF_NONE && !c->close_after && c->out_bytes < CONN_OUT_HIGH &&
+           c->state != CONN_CLOSING) {
+        uint16_t bid = c->in_first;
+        const char *data = buf_addr(&r->bufs, bid) + c->in_off;
+        size_t len = r->bufs.len[bid] - c->in_off;
+        struct http_ev ev;
+        ssize_t n;
+
+        if (c->hp.head == NULL)
+            http_begin(&c->hp, head_get(r));
+        n = http_feed(&c->hp, data, len, &ev);
+        if (n < 0) {
+            fail(c, (int)n);
+            break;
+        }
+        if (c->state == CONN_IDLE && http_started(&c->hp))
+            start_request(c);
+        consume(c, (size_t)n);
+        if (ev.body.len != 0)
+            skip_body(c, ev.body.len);
+        if (ev.kind == HTTP_EV_HEAD) {
+            c->state = CONN_BODY;
+            route_head(c, c->hp.head, &c->hp);
+            if (!http_has_body(&c->hp)) {
+                /* The message is complete: collect its end without input. */
+                n = http_feed(&c->hp, "", 0, &ev);
+                if (n == 0 && ev.kind == HTTP_EV_DONE)
+                    finish_request(c);
+            }
+        } else if (ev.kind == HTTP_EV_DONE) {
+            finish_request(c);
+        }
+    }
+    if (c->state == CONN_CLOSING)
+        return;
+    if (c->close_after)
+        drop_input(c);
+    if (c->state == CONN_IDLE)
+        release_head(c);
+    flush(c);
+    update_recv(c);
+}
+
+void conn_accept(struct ring *r, int fd)
+{
+    struct conn_pool *p = &r->conns;
+    uint32_t total = __atomic_add_fetch(&conns_total, 1, __ATOMIC_RELAXED);
+    bool reject = total > r->cfg->max_connections;
+    struct conn *c;
+    int one = 1;
+
+    if (reject) {
+        __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
+        met_inc(&r->met.conn_rejected);
+    } else {
+        met_inc(&r->met.conn_accepted);
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (p->free == NULL)
+        grow(p);
+    c = p->free;
+    p->free = c->next;
+    {
+        uint32_t idx = c->idx;
+        uint16_t gen = c->gen;
+        memset(c, 0, sizeof(*c));
+        c->idx = idx;
+        c->gen = gen;
+    }
+    c->fd = fd;
+    c->ring = r;
+    c->state = CONN_IDLE;
+    c->reject = reject;
+    c->in_first = BUF_NONE;
+    c->in_last = BUF_NONE;
+    c->active_ms = r->now_ms;
+    http_init(&c->hp);
+    tmr_init(&c->timer, on_timer);
+    p->open++;
+    met_set(&r->met.conn_open, p->open);
+
+    if (reject || r->stopping) {
+        start_request(c);
+        route_fail(c, -EBUSY, NULL);
+    }
+    tmr_set(&r->timers, &c->timer, due(c));
+    flush(c);
+    update_recv(c);
+}
+
+void conn_on_recv(struct ring *r, uint32_t idx, uint16_t gen, int res, uint32_t flags)
+{
+    struct conn *c = lookup(r, idx, gen);
+
+    if (flags & IORING_CQE_F_BUFFER)
+        buf_taken(&r->bufs);
+    if (c == NULL) {
+        if (flags & IORING_CQE_F_BUFFER)
+            buf_put(&r->bufs, (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT));
+        return;
+    }
+    if (!(flags & IORING_CQE_F_MORE)) {
+        c->recv_armed = 0;
+        c->inflight--;
+    }
+    if (res > 0) {
+        uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+        met_add(&r->met.bytes_received, (uint64_t)res);
+        c->active_ms = r->now_ms;
+        if (c->state == CONN_CLOSING || c->state == CONN_LINGER || c->close_after) {
+            buf_put(&r->bufs, bid);
+        } else {
+            enqueue_input(c, bid, (uint32_t)res);
+            process(c);
+        }
+    } else if (res == 0) {
+        c->peer_eof = 1;
+        if (c->state != CONN_CLOSING) {
+            if (c->out_first != NULL && c->state != CONN_LINGER)
+                conn_close_after(c);
+            else
+                conn_close(c);
+        }
+    } else if (res == -ENOBUFS) {
+        met_inc(&r->met.recv_enobufs);
+        if (c->state != CONN_CLOSING && !c->starved) {
+            struct conn_pool *p = &r->conns;
+            if (p->nstarved == p->starved_cap) {
+                uint32_t cap = p->starved_cap ? p->starved_cap * 2 : 64;
+                uint64_t *v = realloc(p->starved, cap * sizeof(*v));
+                if (v == NULL)
+                    log_oom();
+                p->starved = v;
+                p->starved_cap = cap;
+            }
+            p->starved[p->nstarved++] = (uint64_t)c->gen << 32 | c->idx;
+            c->starved = 1;
+        }
+    } else if (res != -ECANCELED) {
+        conn_close(c);
+    }
+    if (c->state == CONN_CLOSING)
+        finalize(c);
+    else
+        update_recv(c);
+}
+
+void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res)
+{
+    struct conn *c = lookup(r, idx, gen);
+    struct obuf *o;
+
+    if (c == NULL)
+        return;
+    c->inflight--;
+    c->send_busy = 0;
+    if (c->state == CONN_CLOSING) {
+        finalize(c);
+        return;
+    }
+    if (res < 0) {
+        conn_close(c);
+        return;
+    }
+    met_add(&r->met.bytes_sent, (uint64_t)res);
+    c->active_ms = r->now_ms;
+    o = c->out_first;
+    o->off += (uint32_t)res;
+    c->out_bytes -= (uint64_t)res;
+    if (o->off == o->len) {
+        c->out_first = o->next;
+        if (c->out_first == NULL)
+            c->out_last = NULL;
+        obuf_put(r, o);
+    }
+    if (c->out_first != NULL) {
+        flush(c);
+        return;
+    }
+    if (c->close_after) {
+        if (c->state != CONN_LINGER)
+            start_linger(c);
+        return;
+    }
+    /* Output drained: input held back by it may go on. */
+    process(c);
+}
+
+void conn_on_done(struct ring *r, uint32_t idx, uint16_t gen)
+{
+    struct conn *c = lookup(r, idx, gen);
+
+    if (c == NULL)
+        return;
+    c->inflight--;
+    c->recv_cancel = 0;
+    if (c->state == CONN_CLOSING)
+        finalize(c);
+    else
+        update_recv(c);
+}
+
+void conn_tick(struct ring *r)
+{
+    struct conn_pool *p = &r->conns;
+    uint32_t i;
+    uint32_t n;
+
+    while (p->dead != NULL) {
+        struct conn *c = p->dead;
+        p->dead = c->next;
+        c->next = p->free;
+        p->free = c;
+    }
+    if (p->nstarved == 0 || r->bufs.free == 0)
+        return;
+    n = p->nstarved;
+    p->nstarved = 0;
+    for (i = 0; i < n; i++) {
+        uint64_t key = p->starved[i];
+        struct conn *c = lookup(r, (uint32_t)key, (uint16_t)(key >> 32));
+        if (c == NULL || !c->starved)
+            continue;
+        c->starved = 0;
+        update_recv(c);
+    }
+}
+
+/* Call fn on every open connection that is not closing. */
+static void each_conn(struct ring *r, void (*fn)(struct conn *c))
+{
+    struct conn_pool *p = &r->conns;
+    uint32_t i;
+
+    for (i = 0; i < p->nchunks * CONN_CHUNK; i++) {
+        struct conn *c = slot(p, i);
+        if (c->fd >= 0 && c->state != CONN_CLOSING)
+            fn(c);
+    }
+}
+
+static void drain_one(struct conn *c)
+{
+    if (c->state == CONN_IDLE && c->out_first == NULL && c->in_first == BUF_NONE) {
+        conn_close(c);
+        return;
+    }
+    if (c->state == CONN_IDLE || (c->state == CONN_BODY && c->answered))
+        conn_close_after(c);
+    if (c->close_after && c->out_first == NULL && c->state != CONN_LINGER)
+        start_linger(c);
+}
+
+void conn_drain(struct ring *r)
+{
+    each_conn(r, drain_one);
+}
+
+void conn_close_all(struct ring *r)
+{
+    each_conn(r, conn_close);
+}
+
+char *conn_out_reserve(struct conn *c, size_t n)
+{
+    struct obuf *o = c->out_last;
+
+    if (o == NULL || o->cap - o->len < n) {
+        o = obuf_get(c->ring, n);
+        if (c->out_last != NULL)
+            c->out_last->next = o;
+        else
+            c->out_first = o;
+        c->out_last = o;
+    }
+    return o->data + o->len;
+}
+
+void conn_out_commit(struct conn *c, size_t n)
+{
+    c->out_last->len += (uint32_t)n;
+    c->out_bytes += n;
+}
+
+void conn_close_after(struct conn *c)
+{
+    c->close_after = 1;
+}
+
+bool conn_stopping(const struct conn *c)
+{
+    return c->ring->stopping;
+}
+
+const char *conn_date(const struct conn *c)
+{
+    return c->ring->date;
+}
+
+uint64_t conn_elapsed_us(const struct conn *c)
+{
+    return (now_ns() - c->req_start_ns) / 1000;
+}
+
+uint32_t conn_worker(const struct conn *c)
+{
+    return c->ring->id;
+}
+
+void conn_answered(struct conn *c, int status)
+{
+    c->answered = 1;
+    c->status = status;
+    met_request(&c->ring->met, status, conn_elapsed_us(c));
+}

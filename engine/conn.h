@@ -1,0 +1,146 @@
+/*
+ * conn: client connections of one worker. A connection is a slot in the
+ * worker's pool, addressed in user_data by (index, generation). It receives
+ * through the worker's multishot recv into provided buffers, queues the
+ * buffers it has not consumed yet, feeds them to proto/http, hands events to
+ * route_*, and sends what the routes queue on its output chain.
+ *
+ * Lifetime: created at accept, closed by conn_close() from any state. Close
+ * cancels every op of the connection and frees the slot only after the last
+ * CQE came back, at the end of the loop turn.
+ */
+#ifndef ENGINE_CONN_H
+#define ENGINE_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/tmr.h"
+#include "proto/http.h"
+
+struct ring;
+
+#define CONN_CHUNK 1024        /* slots allocated at a time */
+#define CONN_OUT_HIGH 262144   /* output bytes queued before input is paused */
+#define CONN_DISCARD_MAX 65536 /* body bytes skipped for a route that takes none */
+#define CONN_LINGER_MS 2000    /* longest lingering close */
+#define CONN_INPUT_MAX 8       /* queued receive buffers before recv is paused */
+#define CONN_OBUF_SIZE 16384   /* bytes of a standard output buffer */
+
+enum conn_state {
+    CONN_IDLE,    /* between requests: no request bytes seen */
+    CONN_HEAD,    /* a request head is arriving */
+    CONN_BODY,    /* head complete, body (if any) arriving */
+    CONN_LINGER,  /* output sent, write side shut, draining input before close */
+    CONN_CLOSING, /* ops cancelled, waiting for their CQEs */
+};
+
+/* Output chain link: bytes [off, len) of data still to send. */
+struct obuf {
+    struct obuf *next;
+    uint32_t off;
+    uint32_t len;
+    uint32_t cap;
+    char data[];
+};
+
+struct conn {
+    int fd;                  /* the socket */
+    uint32_t idx;            /* slot index in the pool */
+    uint16_t gen;            /* slot generation: bumped when the slot is freed */
+    uint8_t state;           /* enum conn_state */
+    uint8_t recv_armed : 1;  /* multishot recv in flight */
+    uint8_t recv_cancel : 1; /* a cancel of the recv is in flight */
+    uint8_t send_busy : 1;   /* a send is in flight */
+    uint8_t close_after : 1; /* close once the output is sent */
+    uint8_t answered : 1;    /* the request in progress has its response queued */
+    uint8_t peer_eof : 1;    /* the client shut its write side */
+    uint8_t starved : 1;     /* waiting for receive buffers */
+    uint8_t reject : 1;      /* accepted past MAX_CONNECTIONS: answer 503, close */
+    uint16_t inflight;       /* ops in flight */
+    uint16_t in_first;       /* first queued receive buffer, BUF_NONE if none */
+    uint16_t in_last;        /* last queued receive buffer */
+    uint16_t in_count;       /* queued receive buffers */
+    uint32_t in_off;         /* bytes of in_first already consumed */
+    uint32_t discard;        /* body bytes skipped for the current request */
+    int status;              /* status of the response to the current request */
+    uint64_t out_bytes;      /* bytes queued on the output chain */
+    uint64_t req_start_ns;   /* monotonic ns of the current request's first byte */
+    uint64_t active_ms;      /* last progress (bytes in or out), monotonic ms */
+    struct obuf *out_first;  /* output chain, sent in order */
+    struct obuf *out_last;
+    struct conn *next;     /* free list / deferred-free list link */
+    struct ring *ring;     /* owning worker */
+    struct tmr timer;      /* CONNECTION_TIMEOUT and lingering */
+    struct http_parser hp; /* request parser; hp.head is held only mid-request */
+};
+
+/* A worker's connection slots, head buffers and output buffers. */
+struct conn_pool {
+    struct conn **chunks;     /* chunks of CONN_CHUNK slots */
+    uint32_t nchunks;         /* chunks allocated */
+    struct conn *free;        /* free slots */
+    struct conn *dead;        /* closed slots to free at the end of the loop turn */
+    uint32_t open;            /* connections open (incl. closing) */
+    struct http_head **heads; /* cached head buffers */
+    uint32_t nheads;
+    struct obuf **obufs; /* cached CONN_OBUF_SIZE output buffers */
+    uint32_t nobufs;
+    uint64_t *starved; /* (gen << 32 | idx) of connections waiting for buffers */
+    uint32_t nstarved;
+    uint32_t starved_cap;
+};
+
+void conn_pool_init(struct conn_pool *p);
+void conn_pool_free(struct conn_pool *p);
+
+/* A new socket from accept (ring thread). Takes ownership of fd. */
+void conn_accept(struct ring *r, int fd);
+
+/* Completions, decoded by ring_dispatch. */
+void conn_on_recv(struct ring *r, uint32_t idx, uint16_t gen, int res, uint32_t flags);
+void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res);
+void conn_on_done(struct ring *r, uint32_t idx, uint16_t gen); /* shutdown / cancel CQE */
+
+/* End of a loop turn: free closed slots, re-arm receives that waited for buffers. */
+void conn_tick(struct ring *r);
+
+/* Shutdown began: close idle connections, let the others finish their request. */
+void conn_drain(struct ring *r);
+
+/* Close every connection now (shutdown timeout). */
+void conn_close_all(struct ring *r);
+
+/* Close a connection (any state); logs nothing, the caller decides. */
+void conn_close(struct conn *c);
+
+/* ---- for route handlers ---- */
+
+/*
+ * Room for n bytes at the end of the output chain. Never fails (aborts when
+ * out of memory). Follow with conn_out_commit() of at most n bytes before any
+ * other call on c.
+ */
+char *conn_out_reserve(struct conn *c, size_t n);
+void conn_out_commit(struct conn *c, size_t n);
+
+/* Close the connection once its output has been sent (lingering close). */
+void conn_close_after(struct conn *c);
+
+/* True while the worker shuts down: responses should close the connection. */
+bool conn_stopping(const struct conn *c);
+
+/* The cached Date header value of the connection's worker. */
+const char *conn_date(const struct conn *c);
+
+/* Microseconds since the current request's first byte. */
+uint64_t conn_elapsed_us(const struct conn *c);
+
+/* The worker index, for logs. */
+uint32_t conn_worker(const struct conn *c);
+
+/* Mark the current request answered with status (for metrics and the access log). */
+void conn_answered(struct conn *c, int status);
+
+#endif /* ENGINE_CONN_H */

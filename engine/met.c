@@ -1,0 +1,100 @@
+/* met: per-worker counters, summed at scrape time. */
+#include "engine/met.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static struct met_worker *workers[MET_MAX_WORKERS];
+static unsigned nworkers;
+
+/* Upper bounds of the request duration buckets, seconds. */
+static const double dur_bounds[MET_DUR_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                   0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+
+void met_register(struct met_worker *m)
+{
+    if (nworkers < MET_MAX_WORKERS)
+        workers[nworkers++] = m;
+}
+
+void met_request(struct met_worker *m, int status, uint64_t dur_us)
+{
+    unsigned i = 0;
+
+    if (status >= 100 && status < 600)
+        met_inc(&m->req_by_code[status]);
+    while (i < MET_DUR_BUCKETS && (double)dur_us > dur_bounds[i] * 1e6)
+        i++;
+    met_inc(&m->req_dur[i]);
+    met_add(&m->req_dur_us_sum, dur_us);
+}
+
+/* Sum one field over all workers; off is its offset in struct met_worker. */
+static uint64_t sum(size_t off)
+{
+    uint64_t s = 0;
+    unsigned i;
+
+    for (i = 0; i < nworkers; i++)
+        s += __atomic_load_n((const uint64_t *)((const char *)workers[i] + off), __ATOMIC_RELAXED);
+    return s;
+}
+
+#define SUM(field) sum(offsetof(struct met_worker, field))
+
+static void scalar(struct prom_buf *b, const char *name, const char *type, const char *help,
+                   uint64_t v)
+{
+    prom_family(b, name, type, help);
+    prom_sample(b, name, NULL, (double)v);
+}
+
+void met_render(struct prom_buf *b)
+{
+    uint64_t counts[MET_DUR_BUCKETS + 1];
+    char labels[32];
+    unsigned code;
+    unsigned i;
+
+    scalar(b, "ringup_workers", "gauge", "Event-loop threads.", nworkers);
+    scalar(b, "ringup_connections_open", "gauge", "Connections open now.", SUM(conn_open));
+    scalar(b, "ringup_connections_accepted_total", "counter", "Connections accepted.",
+           SUM(conn_accepted));
+    scalar(b, "ringup_connections_rejected_total", "counter",
+           "Connections answered 503 and closed at MAX_CONNECTIONS.", SUM(conn_rejected));
+    scalar(b, "ringup_connections_timed_out_total", "counter",
+           "Connections closed by CONNECTION_TIMEOUT (idle, slow head or stalled body).",
+           SUM(conn_timed_out));
+    scalar(b, "ringup_accept_errors_total", "counter", "Failed accepts (descriptor limits).",
+           SUM(accept_errors));
+    scalar(b, "ringup_received_bytes_total", "counter", "Bytes read from client sockets.",
+           SUM(bytes_received));
+    scalar(b, "ringup_sent_bytes_total", "counter", "Bytes written to client sockets.",
+           SUM(bytes_sent));
+    scalar(b, "ringup_recv_buffers_free", "gauge", "Provided receive buffers ready for the kernel.",
+           SUM(bufs_free));
+    scalar(b, "ringup_recv_buffers_total", "gauge", "Provided receive buffers in all.",
+           SUM(bufs_total));
+    scalar(b, "ringup_recv_enobufs_total", "counter",
+           "Receives that stopped because no receive buffer was free.", SUM(recv_enobufs));
+    scalar(b, "ringup_request_heads_in_use", "gauge",
+           "Request head buffers held by requests in progress.", SUM(heads_in_use));
+    scalar(b, "ringup_log_dropped_total", "counter", "Log lines dropped because stderr lagged.",
+           SUM(log_dropped));
+
+    prom_family(b, "ringup_requests_total", "counter", "Requests answered, by status code.");
+    for (code = 100; code < 600; code++) {
+        uint64_t v = sum(offsetof(struct met_worker, req_by_code) + code * sizeof(uint64_t));
+        if (v == 0)
+            continue;
+        snprintf(labels, sizeof(labels), "code=\"%u\"", code);
+        prom_sample(b, "ringup_requests_total", labels, (double)v);
+    }
+
+    for (i = 0; i <= MET_DUR_BUCKETS; i++)
+        counts[i] = sum(offsetof(struct met_worker, req_dur) + i * sizeof(uint64_t));
+    prom_family(b, "ringup_request_duration_seconds", "histogram",
+                "Time from a request's first byte to its response being queued.");
+    prom_histogram(b, "ringup_request_duration_seconds", NULL, dur_bounds, counts, MET_DUR_BUCKETS,
+                   (double)SUM(req_dur_us_sum) / 1e6);
+}

@@ -1,0 +1,64 @@
+/*
+ * met: metrics. Each worker owns a struct met_worker and is its only writer
+ * (plain increments through met_inc, no locked instructions); /metrics sums
+ * all workers with relaxed loads. Registered at start-up, before threads run.
+ */
+#ifndef ENGINE_MET_H
+#define ENGINE_MET_H
+
+#include <stdint.h>
+
+#include "proto/prom.h"
+
+#define MET_MAX_WORKERS 256
+#define MET_DUR_BUCKETS 14 /* request duration bounds, see met.c */
+
+struct met_worker {
+    uint64_t conn_open;                    /* gauge: connections open now */
+    uint64_t conn_accepted;                /* connections accepted */
+    uint64_t conn_rejected;                /* connections refused at MAX_CONNECTIONS */
+    uint64_t conn_timed_out;               /* connections cut by CONNECTION_TIMEOUT */
+    uint64_t accept_errors;                /* accept failures (EMFILE, ENFILE, ...) */
+    uint64_t bytes_received;               /* bytes read from sockets */
+    uint64_t bytes_sent;                   /* bytes written to sockets */
+    uint64_t recv_enobufs;                 /* receives stopped for want of a provided buffer */
+    uint64_t bufs_free;                    /* gauge: provided receive buffers on the ring */
+    uint64_t bufs_total;                   /* gauge: provided receive buffers in all */
+    uint64_t heads_in_use;                 /* gauge: request heads held by requests in progress */
+    uint64_t log_dropped;                  /* log lines dropped (stderr too slow) */
+    uint64_t req_by_code[600];             /* requests answered, by status code */
+    uint64_t req_dur[MET_DUR_BUCKETS + 1]; /* request duration histogram */
+    uint64_t req_dur_us_sum;               /* sum of request durations, µs */
+};
+
+/* Single-writer increment: the owner thread only. */
+static inline void met_add(uint64_t *c, uint64_t v)
+{
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+
+static inline void met_inc(uint64_t *c)
+{
+    met_add(c, 1);
+}
+
+static inline void met_dec(uint64_t *c)
+{
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) - 1, __ATOMIC_RELAXED);
+}
+
+static inline void met_set(uint64_t *c, uint64_t v)
+{
+    __atomic_store_n(c, v, __ATOMIC_RELAXED);
+}
+
+/* Register a worker's metrics (start-up only, before workers run). */
+void met_register(struct met_worker *m);
+
+/* Count one answered request (owner thread). */
+void met_request(struct met_worker *m, int status, uint64_t dur_us);
+
+/* Render every family in Prometheus text into b. Any thread. */
+void met_render(struct prom_buf *b);
+
+#endif /* ENGINE_MET_H */

@@ -1,0 +1,161 @@
+/*
+ * route_http: the dispatcher, the service routes (/healthz, /metrics) and
+ * the error responses of API.md.
+ */
+#include "engine/route.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/conn.h"
+#include "engine/log.h"
+#include "engine/met.h"
+#include "proto/json.h"
+#include "proto/prom.h"
+
+#define JSON_TYPE "application/json"
+#define ERR_BODY_MAX 512
+#define HEAD_MAX 1024            /* a response head of this version */
+#define METRICS_MAX (256 * 1024) /* /metrics body */
+
+static const char health_body[] = "{\"status\":\"ok\"}";
+
+static bool span_is(struct http_span s, const char *lit)
+{
+    size_t n = strlen(lit);
+
+    return s.len == n && memcmp(s.p, lit, n) == 0;
+}
+
+/* Write one access-log line for the request just answered. */
+static void access_log(struct conn *c, const struct http_head *h, int status, size_t bytes)
+{
+    struct http_span path = {"", 0};
+    const char *method = "-";
+
+    if (h != NULL) {
+        path = http_path(h);
+        method = http_method_name(h);
+    }
+    log_info("access", "method=%s path=%.*s status=%d bytes=%zu dur_us=%llu worker=%u", method,
+             (int)path.len, path.p, status, bytes, (unsigned long long)conn_elapsed_us(c),
+             conn_worker(c));
+}
+
+/*
+ * Queue a complete response. body may be NULL for HEAD (content_length then
+ * still announces the GET size). Marks the request answered and logs it.
+ */
+static void respond(struct conn *c, const struct http_head *h, int status, const char *ctype,
+                    const char *body, size_t body_len, bool head_only, bool close,
+                    const char *extra)
+{
+    struct http_resp r = {
+        .status = status,
+        .content_type = ctype,
+        .content_length = body_len,
+        .close = close || conn_stopping(c),
+        .date = conn_date(c),
+        .extra = extra,
+    };
+    size_t send_body = head_only ? 0 : body_len;
+    char *out = conn_out_reserve(c, HEAD_MAX + send_body);
+    ssize_t n = http_write_head(out, HEAD_MAX, &r);
+
+    if (n < 0)
+        abort(); /* HEAD_MAX covers every head this file writes */
+    if (send_body != 0)
+        memcpy(out + n, body, send_body);
+    conn_out_commit(c, (size_t)n + send_body);
+    if (r.close)
+        conn_close_after(c);
+    conn_answered(c, status);
+    access_log(c, h, status, (size_t)n + send_body);
+}
+
+static void respond_error(struct conn *c, const struct http_head *h, int status, const char *code,
+                          const char *message, bool close, const char *extra)
+{
+    char body[ERR_BODY_MAX];
+    ssize_t n = json_error(body, sizeof(body), code, message);
+    bool head_only = h != NULL && h->method == HTTP_HEAD;
+
+    if (n < 0)
+        abort(); /* messages here are short literals */
+    respond(c, h, status, JSON_TYPE, body, (size_t)n, head_only, close, extra);
+}
+
+void route_fail(struct conn *c, int err, const struct http_head *h)
+{
+    switch (err) {
+    case -EMSGSIZE:
+        respond_error(c, h, 431, "headers_too_large",
+                      "The request line and headers exceed 16384 bytes or 100 lines.", true, NULL);
+        break;
+    case -ETIMEDOUT:
+        respond_error(c, h, 408, "request_timeout",
+                      "The request did not arrive within CONNECTION_TIMEOUT.", true, NULL);
+        break;
+    case -EBUSY:
+        respond_error(c, h, 503, "overloaded", "Too many connections; retry later.", true,
+                      "Retry-After: 1\r\n");
+        break;
+    default:
+        respond_error(c, h, 400, "bad_request", "The request is not valid HTTP/1.1.", true, NULL);
+        break;
+    }
+}
+
+static void method_not_allowed(struct conn *c, const struct http_head *h, bool close,
+                               const char *allow)
+{
+    respond_error(c, h, 405, "method_not_allowed", "This route does not take that method.", close,
+                  allow);
+}
+
+static void route_healthz(struct conn *c, const struct http_head *h, bool close)
+{
+    if (h->method != HTTP_GET && h->method != HTTP_HEAD) {
+        method_not_allowed(c, h, close, "Allow: GET, HEAD\r\n");
+        return;
+    }
+    respond(c, h, 200, JSON_TYPE, health_body, sizeof(health_body) - 1, h->method == HTTP_HEAD,
+            close, "Cache-Control: no-store\r\n");
+}
+
+static void route_metrics(struct conn *c, const struct http_head *h, bool close)
+{
+    struct prom_buf b;
+
+    if (h->method != HTTP_GET && h->method != HTTP_HEAD) {
+        method_not_allowed(c, h, close, "Allow: GET, HEAD\r\n");
+        return;
+    }
+    b.p = malloc(METRICS_MAX);
+    if (b.p == NULL)
+        log_oom();
+    b.len = 0;
+    b.cap = METRICS_MAX;
+    b.full = false;
+    met_render(&b);
+    respond(c, h, 200, PROM_CONTENT_TYPE, b.p, b.len, h->method == HTTP_HEAD, close,
+            "Cache-Control: no-store\r\n");
+    free(b.p);
+}
+
+void route_head(struct conn *c, const struct http_head *h, const struct http_parser *p)
+{
+    struct http_span path = http_path(h);
+    bool close = !http_keep_alive(p);
+
+    if (span_is(path, "/healthz")) {
+        route_healthz(c, h, close);
+        return;
+    }
+    if (span_is(path, "/metrics")) {
+        route_metrics(c, h, close);
+        return;
+    }
+    respond_error(c, h, 404, "not_found", "No route matches this path.", close, NULL);
+}

@@ -1,0 +1,138 @@
+/* srv: start-up, signal handling and shutdown of the worker threads. */
+#include "engine/srv.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/log.h"
+#include "engine/met.h"
+#include "engine/ring.h"
+
+#define VERSION_STRING "0.1.0"
+
+/*
+ * Workers write stderr with positionless writes from several threads; on a
+ * regular file that is only safe with O_APPEND.
+ */
+static void stderr_append(void)
+{
+    struct stat st;
+    int fl;
+
+    if (fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode)) {
+        fl = fcntl(STDERR_FILENO, F_GETFL);
+        if (fl >= 0)
+            fcntl(STDERR_FILENO, F_SETFL, fl | O_APPEND);
+    }
+}
+
+static bool all_finished(struct ring *rings, uint32_t n)
+{
+    uint32_t i;
+
+    for (i = 0; i < n; i++)
+        if (!ring_finished(&rings[i]))
+            return false;
+    return true;
+}
+
+static bool any_finished(struct ring *rings, uint32_t n)
+{
+    uint32_t i;
+
+    for (i = 0; i < n; i++)
+        if (ring_finished(&rings[i]))
+            return true;
+    return false;
+}
+
+static void stop_all(struct ring *rings, uint32_t n)
+{
+    uint32_t i;
+
+    for (i = 0; i < n; i++)
+        ring_stop(&rings[i]);
+}
+
+int srv_serve(const struct cfg *cfg)
+{
+    struct timespec tick = {0, 100 * 1000000};
+    struct ring *rings;
+    uint32_t started = 0;
+    uint32_t set_up = 0;
+    bool stopping = false;
+    int status = 0;
+    sigset_t set;
+    uint32_t i;
+    int ret;
+
+    stderr_append();
+    /* Workers inherit this mask: signals are taken only here, by sigtimedwait. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    rings = calloc(cfg->workers, sizeof(*rings));
+    if (rings == NULL)
+        log_oom();
+    for (set_up = 0; set_up < cfg->workers; set_up++) {
+        if (ring_setup(&rings[set_up], cfg, set_up) < 0) {
+            status = 1;
+            goto out_teardown;
+        }
+        met_register(&rings[set_up].met);
+    }
+    for (started = 0; started < cfg->workers; started++) {
+        ret = ring_start(&rings[started]);
+        if (ret < 0) {
+            log_error("worker start failed", "worker=%u error=%s", started, strerror(-ret));
+            status = 1;
+            stopping = true;
+            stop_all(rings, started);
+            goto out_join;
+        }
+    }
+    log_info("listening", "addr=%s workers=%u version=%s", cfg->listen, cfg->workers,
+             VERSION_STRING);
+
+    while (!all_finished(rings, cfg->workers)) {
+        int sig = sigtimedwait(&set, NULL, &tick);
+        if (sig < 0) {
+            if (!stopping && any_finished(rings, cfg->workers)) {
+                log_error("a worker ended, stopping", "workers=%u", cfg->workers);
+                status = 1;
+                stopping = true;
+                stop_all(rings, cfg->workers);
+            }
+            continue;
+        }
+        if (stopping) {
+            log_warn("second signal, exiting now", "signal=%s", strsignal(sig));
+            _exit(1);
+        }
+        log_info("stopping", "signal=%s shutdown_timeout_ms=%u", strsignal(sig),
+                 cfg->shutdown_timeout);
+        stopping = true;
+        stop_all(rings, cfg->workers);
+    }
+
+out_join:
+    for (i = 0; i < started; i++)
+        if (ring_join(&rings[i]) != 0)
+            status = 1;
+out_teardown:
+    for (i = 0; i < set_up; i++)
+        ring_teardown(&rings[i]);
+    free(rings);
+    if (status == 0)
+        log_info("stopped", "workers=%u", cfg->workers);
+    return status;
+}
