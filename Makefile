@@ -65,11 +65,14 @@ $(BUILD)/replay/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_OBJ) $(LLHTTP_OBJ)
 
 units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN)
 
-run: 
+run:
 	tools/bootstrap
 	$(MAKE) ringup
 	tools/devstack start
 	@tools/devstack banner
+	@echo "ringup: serving on :8080 (Ctrl-C stops it). Try:"
+	@echo "  curl -i http://127.0.0.1:8080/healthz"
+	@echo "  curl -s http://127.0.0.1:8080/metrics | head"
 	./ringup serve
 
 # The suite: unit tests and corpus replay under ASan+UBSan, integration tests

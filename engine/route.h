@@ -20,7 +20,7 @@ void route_head(struct conn *c, const struct http_head *h, const struct http_par
 /*
  * A connection-level failure to answer: -EBADMSG (malformed request, 400),
  * -EMSGSIZE (head too large, 431), -ETIMEDOUT (request too slow, 408),
- * -EBUSY (connection cap, 503). Queues the error response and closes the
+ * -ENOTSUP (CONNECT, 501), -EBUSY (connection cap, 503). Queues the error response and closes the
  * connection after it. h is the request head if one was parsed, else NULL.
  */
 void route_fail(struct conn *c, int err, const struct http_head *h);

@@ -97,6 +97,9 @@ void route_fail(struct conn *c, int err, const struct http_head *h)
         respond_error(c, h, 408, "request_timeout",
                       "The request did not arrive within CONNECTION_TIMEOUT.", true, NULL);
         break;
+    case -ENOTSUP:
+        respond_error(c, h, 501, "not_implemented", "CONNECT is not supported.", true, NULL);
+        break;
     case -EBUSY:
         respond_error(c, h, 503, "overloaded", "Too many connections; retry later.", true,
                       "Retry-After: 1\r\n");
