@@ -368,32 +368,51 @@ static void start_request(struct conn *c)
 {
     c->state = CONN_HEAD;
     c->answered = 0;
+    c->skipping = 0;
     c->discard = 0;
     c->req_start_ns = now_ns();
 }
 
 static void finish_request(struct conn *c)
 {
+    if (c->skipping) {
+        c->skipping = 0;
+        route_head(c, c->hp.head, &c->hp, true);
+    }
     release_head(c);
     c->state = CONN_IDLE;
-    if (conn_stopping(c))
+    if (c->ring->stopping)
         conn_close_after(c);
 }
 
-/* A parse error: answer it and close. */
+/* A parse error: answer it and close; a request already answered just closes. */
 static void fail(struct conn *c, int err)
 {
+    if (c->answered) {
+        conn_close_after(c);
+        return;
+    }
     if (c->state == CONN_IDLE)
         start_request(c);
+    c->skipping = 0;
     route_fail(c, err, c->hp.head_done ? c->hp.head : NULL);
 }
 
-/* Body bytes of a request whose route took none: skip a little, else close after answering. */
+/*
+ * Body bytes of a request whose route takes none. While the route waits,
+ * skip up to CONN_DISCARD_MAX, then have it answer and close; bytes after an
+ * answer are skipped the same way.
+ */
 static void skip_body(struct conn *c, size_t n)
 {
     c->discard += (uint32_t)(n > CONN_DISCARD_MAX ? CONN_DISCARD_MAX : n);
-    if (c->discard >= CONN_DISCARD_MAX)
-        conn_close_after(c);
+    if (c->discard < CONN_DISCARD_MAX)
+        return;
+    conn_close_after(c);
+    if (c->skipping) {
+        c->skipping = 0;
+        route_head(c, c->hp.head, &c->hp, true);
+    }
 }
 
 /* Feed queued input to the parser while nothing holds it back. */
@@ -423,7 +442,7 @@ static void process(struct conn *c)
             skip_body(c, ev.body.len);
         if (ev.kind == HTTP_EV_HEAD) {
             c->state = CONN_BODY;
-            route_head(c, c->hp.head, &c->hp);
+            c->skipping = route_head(c, c->hp.head, &c->hp, false) == ROUTE_SKIP_BODY;
             if (!http_has_body(&c->hp)) {
                 /* The message is complete: collect its end without input. */
                 n = http_feed(&c->hp, "", 0, &ev);
@@ -690,9 +709,9 @@ void conn_close_after(struct conn *c)
     c->close_after = 1;
 }
 
-bool conn_stopping(const struct conn *c)
+bool conn_closing(const struct conn *c)
 {
-    return c->ring->stopping;
+    return c->ring->stopping || c->close_after;
 }
 
 const char *conn_date(const struct conn *c)

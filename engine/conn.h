@@ -58,6 +58,7 @@ struct conn {
     uint8_t peer_eof : 1;    /* the client shut its write side */
     uint8_t starved : 1;     /* waiting for receive buffers */
     uint8_t reject : 1;      /* accepted past MAX_CONNECTIONS: answer 503, close */
+    uint8_t skipping : 1;    /* skipping the body of a request its route will answer */
     uint16_t inflight;       /* ops in flight */
     uint16_t in_first;       /* first queued receive buffer, BUF_NONE if none */
     uint16_t in_last;        /* last queued receive buffer */
@@ -128,8 +129,8 @@ void conn_out_commit(struct conn *c, size_t n);
 /* Close the connection once its output has been sent (lingering close). */
 void conn_close_after(struct conn *c);
 
-/* True while the worker shuts down: responses should close the connection. */
-bool conn_stopping(const struct conn *c);
+/* True when the connection closes after this response (shutdown, close requested). */
+bool conn_closing(const struct conn *c);
 
 /* The cached Date header value of the connection's worker. */
 const char *conn_date(const struct conn *c);

@@ -39,12 +39,17 @@ bool log_enabled(enum cfg_log_level level);
 __attribute__((format(printf, 3, 4))) void log_emit(enum cfg_log_level level, const char *msg,
                                                     const char *fmt, ...);
 
+/* Arguments are evaluated only when the level is on (access lines are not free). */
 #define log_debug(msg, ...)                                                                        \
     do {                                                                                           \
         if (log_enabled(CFG_LOG_DEBUG))                                                            \
             log_emit(CFG_LOG_DEBUG, msg, __VA_ARGS__);                                             \
     } while (0)
-#define log_info(msg, ...) log_emit(CFG_LOG_INFO, msg, __VA_ARGS__)
+#define log_info(msg, ...)                                                                         \
+    do {                                                                                           \
+        if (log_enabled(CFG_LOG_INFO))                                                             \
+            log_emit(CFG_LOG_INFO, msg, __VA_ARGS__);                                              \
+    } while (0)
 #define log_warn(msg, ...) log_emit(CFG_LOG_WARN, msg, __VA_ARGS__)
 #define log_error(msg, ...) log_emit(CFG_LOG_ERROR, msg, __VA_ARGS__)
 

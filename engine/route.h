@@ -6,16 +6,26 @@
 #ifndef ENGINE_ROUTE_H
 #define ENGINE_ROUTE_H
 
+#include <stdbool.h>
+
 #include "proto/http.h"
 
 struct conn;
 
+/* What a handler did with a request head. */
+enum route_verdict {
+    ROUTE_ANSWERED,  /* the response is queued */
+    ROUTE_SKIP_BODY, /* the route takes no body: skip it, then call again with skipped */
+};
+
 /*
- * A request head is complete. The handler answers before returning (every
- * route of this version answers at once; the body of a request whose route
- * takes none is skipped by conn). Ring thread.
+ * A request head is complete (skipped false), or the body of a request whose
+ * route takes none was skipped to its end or to CONN_DISCARD_MAX (skipped
+ * true: the handler must answer now). Answering only after the body keeps one
+ * response per request even when the body turns out malformed. Ring thread.
  */
-void route_head(struct conn *c, const struct http_head *h, const struct http_parser *p);
+enum route_verdict route_head(struct conn *c, const struct http_head *h,
+                              const struct http_parser *p, bool skipped);
 
 /*
  * A connection-level failure to answer: -EBADMSG (malformed request, 400),

@@ -55,7 +55,7 @@ static void respond(struct conn *c, const struct http_head *h, int status, const
         .status = status,
         .content_type = ctype,
         .content_length = body_len,
-        .close = close || conn_stopping(c),
+        .close = close || conn_closing(c),
         .date = conn_date(c),
         .extra = extra,
     };
@@ -147,18 +147,26 @@ static void route_metrics(struct conn *c, const struct http_head *h, bool close)
     free(b.p);
 }
 
-void route_head(struct conn *c, const struct http_head *h, const struct http_parser *p)
+enum route_verdict route_head(struct conn *c, const struct http_head *h,
+                              const struct http_parser *p, bool skipped)
 {
     struct http_span path = http_path(h);
-    bool close = !http_keep_alive(p);
+    bool close = !http_keep_alive(p) || conn_closing(c);
 
-    if (span_is(path, "/healthz")) {
+    /*
+     * No route of this version takes a body: skip a small one first; past the
+     * skip limit, answer at once and close rather than read it all.
+     */
+    if (!skipped && http_has_body(p)) {
+        if (http_chunked(p) || http_content_length(p) <= CONN_DISCARD_MAX)
+            return ROUTE_SKIP_BODY;
+        close = true;
+    }
+    if (span_is(path, "/healthz"))
         route_healthz(c, h, close);
-        return;
-    }
-    if (span_is(path, "/metrics")) {
+    else if (span_is(path, "/metrics"))
         route_metrics(c, h, close);
-        return;
-    }
-    respond_error(c, h, 404, "not_found", "No route matches this path.", close, NULL);
+    else
+        respond_error(c, h, 404, "not_found", "No route matches this path.", close, NULL);
+    return ROUTE_ANSWERED;
 }
