@@ -5,8 +5,6 @@
 #include "engine/conn.h"
 
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -210,7 +208,7 @@ static void arm_recv(struct conn *c)
     struct io_uring_sqe *sqe = ring_sqe(r);
 
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->flags |= IOSQE_BUFFER_SELECT | IOSQE_FIXED_FILE;
     sqe->buf_group = r->bufs.bgid;
     io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_RECV, c->gen, c->idx));
     c->recv_armed = 1;
@@ -251,6 +249,7 @@ static void flush(struct conn *c)
         return;
     sqe = ring_sqe(c->ring);
     io_uring_prep_send(sqe, c->fd, o->data + o->off, o->len - o->off, MSG_NOSIGNAL);
+    sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_SEND, c->gen, c->idx));
     c->send_busy = 1;
     c->inflight++;
@@ -278,7 +277,15 @@ static void finalize(struct conn *c)
 
     if (c->fd < 0 || c->state != CONN_CLOSING || c->inflight != 0)
         return;
-    close(c->fd);
+    if (!c->closed) {
+        /* Release the direct descriptor; the slot is freed when that completes. */
+        struct io_uring_sqe *sqe = ring_sqe(r);
+        io_uring_prep_close_direct(sqe, (unsigned)c->fd);
+        io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_CLOSE, c->gen, c->idx));
+        c->closed = 1;
+        c->inflight++;
+        return;
+    }
     while (c->out_first != NULL) {
         struct obuf *o = c->out_first;
         c->out_first = o->next;
@@ -307,7 +314,7 @@ void conn_close(struct conn *c)
     release_head(c);
     if (c->inflight > 0) {
         sqe = ring_sqe(c->ring);
-        io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
         io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_CANCEL, c->gen, c->idx));
         c->inflight++;
     }
@@ -331,6 +338,7 @@ static void start_linger(struct conn *c)
     release_head(c);
     sqe = ring_sqe(r);
     io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+    sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_SHUTDOWN, c->gen, c->idx));
     c->inflight++;
     tmr_set(&r->timers, &c->timer, r->now_ms + t);
@@ -469,7 +477,6 @@ void conn_accept(struct ring *r, int fd)
     uint32_t total = __atomic_add_fetch(&conns_total, 1, __ATOMIC_RELAXED);
     bool reject = total > r->cfg->max_connections;
     struct conn *c;
-    int one = 1;
 
     if (reject) {
         __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
@@ -477,7 +484,6 @@ void conn_accept(struct ring *r, int fd)
     } else {
         met_inc(&r->met.conn_accepted);
     }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (p->free == NULL)
         grow(p);
     c = p->free;

@@ -46,7 +46,7 @@ struct obuf {
 };
 
 struct conn {
-    int fd;                  /* the socket */
+    int fd;                  /* the socket: a direct descriptor (registered file slot) */
     uint32_t idx;            /* slot index in the pool */
     uint16_t gen;            /* slot generation: bumped when the slot is freed */
     uint8_t state;           /* enum conn_state */
@@ -59,6 +59,7 @@ struct conn {
     uint8_t starved : 1;     /* waiting for receive buffers */
     uint8_t reject : 1;      /* accepted past MAX_CONNECTIONS: answer 503, close */
     uint8_t skipping : 1;    /* skipping the body of a request its route will answer */
+    uint8_t closed : 1;      /* the close of the direct descriptor is submitted */
     uint16_t inflight;       /* ops in flight */
     uint16_t in_first;       /* first queued receive buffer, BUF_NONE if none */
     uint16_t in_last;        /* last queued receive buffer */
@@ -96,13 +97,13 @@ struct conn_pool {
 void conn_pool_init(struct conn_pool *p);
 void conn_pool_free(struct conn_pool *p);
 
-/* A new socket from accept (ring thread). Takes ownership of fd. */
+/* A new socket from accept, as a direct descriptor (ring thread). Takes ownership of fd. */
 void conn_accept(struct ring *r, int fd);
 
 /* Completions, decoded by ring_dispatch. */
 void conn_on_recv(struct ring *r, uint32_t idx, uint16_t gen, int res, uint32_t flags);
 void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res);
-void conn_on_done(struct ring *r, uint32_t idx, uint16_t gen); /* shutdown / cancel CQE */
+void conn_on_done(struct ring *r, uint32_t idx, uint16_t gen); /* shutdown/cancel/close CQE */
 
 /* End of a loop turn: free closed slots, re-arm receives that waited for buffers. */
 void conn_tick(struct ring *r);

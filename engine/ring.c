@@ -9,9 +9,11 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,6 +24,7 @@
 
 #define LISTEN_BACKLOG 4096
 #define ACCEPT_RETRY_MS 100
+#define RING_FILES_MAX 65536 /* direct descriptors per worker, at most */
 
 static int make_listener(const struct cfg *cfg)
 {
@@ -47,8 +50,10 @@ static int make_listener(const struct cfg *cfg)
         ret = -errno;
         goto out_free;
     }
+    /* Accepted sockets inherit TCP_NODELAY: one setsockopt here, none per connection. */
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
         bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
         ret = -errno;
         close(fd);
@@ -104,7 +109,7 @@ static void arm_accept(struct ring *r)
 {
     struct io_uring_sqe *sqe = ring_sqe(r);
 
-    io_uring_prep_multishot_accept(sqe, r->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_prep_multishot_accept_direct(sqe, r->listen_fd, NULL, NULL, 0);
     io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_ACCEPT, 0, 0));
     r->accept_armed = true;
 }
@@ -255,6 +260,7 @@ static void dispatch(struct ring *r, const struct io_uring_cqe *cqe)
         break;
     case RING_OP_SHUTDOWN:
     case RING_OP_CANCEL:
+    case RING_OP_CLOSE:
         conn_on_done(r, idx, gen);
         break;
     case RING_OP_WAKE:
@@ -267,6 +273,16 @@ static void dispatch(struct ring *r, const struct io_uring_cqe *cqe)
     case RING_OP__MAX:
         break;
     }
+}
+
+/* Slots in a worker's table of direct descriptors. */
+static unsigned ring_files(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur > RING_FILES_MAX)
+        return RING_FILES_MAX;
+    return (unsigned)rl.rlim_cur;
 }
 
 static int init_uring(struct ring *r)
@@ -291,6 +307,18 @@ static int init_uring(struct ring *r)
     }
     /* Bound the kernel's async workers (bounded and unbounded) for this ring. */
     io_uring_register_iowq_max_workers(r->uring, maxw);
+    /*
+     * Sockets live in a table of direct descriptors, outside the process's
+     * descriptor table: each worker's table may be as large as RLIMIT_NOFILE.
+     */
+    ret = io_uring_register_files_sparse(r->uring, ring_files());
+    if (ret < 0) {
+        log_error("registered file table failed", "error=%s worker=%u", strerror(-ret), r->id);
+        io_uring_queue_exit(r->uring);
+        free(r->uring);
+        r->uring = NULL;
+        return ret;
+    }
     ret = buf_ring_init(&r->bufs, r->uring, 0, RING_BUFS, RING_BUF_SIZE);
     if (ret < 0) {
         log_error("provided buffer ring failed", "error=%s worker=%u", strerror(-ret), r->id);

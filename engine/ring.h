@@ -33,6 +33,7 @@ enum ring_op_kind {
     RING_OP_SEND,     /* a connection's send */
     RING_OP_SHUTDOWN, /* a connection's shutdown(SHUT_WR) before lingering */
     RING_OP_CANCEL,   /* a connection's cancel of its own ops */
+    RING_OP_CLOSE,    /* a connection's close of its direct descriptor */
     RING_OP_WAKE,     /* read of the wake eventfd */
     RING_OP_LOG,      /* write of the log buffer to stderr */
     RING_OP__MAX,
