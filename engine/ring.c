@@ -289,6 +289,7 @@ static int init_uring(struct ring *r)
 {
     struct io_uring_params p;
     unsigned maxw[2] = {4, 4};
+    const char *what;
     int ret;
 
     r->uring = calloc(1, sizeof(*r->uring));
@@ -300,10 +301,8 @@ static int init_uring(struct ring *r)
     p.cq_entries = RING_CQ_ENTRIES;
     ret = io_uring_queue_init_params(RING_ENTRIES, r->uring, &p);
     if (ret < 0) {
-        log_error("io_uring setup failed", "error=%s worker=%u", strerror(-ret), r->id);
-        free(r->uring);
-        r->uring = NULL;
-        return ret;
+        what = "io_uring setup failed";
+        goto out_free_uring;
     }
     /* Bound the kernel's async workers (bounded and unbounded) for this ring. */
     io_uring_register_iowq_max_workers(r->uring, maxw);
@@ -313,22 +312,24 @@ static int init_uring(struct ring *r)
      */
     ret = io_uring_register_files_sparse(r->uring, ring_files());
     if (ret < 0) {
-        log_error("registered file table failed", "error=%s worker=%u", strerror(-ret), r->id);
-        io_uring_queue_exit(r->uring);
-        free(r->uring);
-        r->uring = NULL;
-        return ret;
+        what = "registered file table failed";
+        goto out_exit_uring;
     }
     ret = buf_ring_init(&r->bufs, r->uring, 0, RING_BUFS, RING_BUF_SIZE);
     if (ret < 0) {
-        log_error("provided buffer ring failed", "error=%s worker=%u", strerror(-ret), r->id);
-        io_uring_queue_exit(r->uring);
-        free(r->uring);
-        r->uring = NULL;
-        return ret;
+        what = "provided buffer ring failed";
+        goto out_exit_uring;
     }
     met_set(&r->met.bufs_total, RING_BUFS);
     return 0;
+
+out_exit_uring:
+    io_uring_queue_exit(r->uring);
+out_free_uring:
+    log_error(what, "error=%s worker=%u", strerror(-ret), r->id);
+    free(r->uring);
+    r->uring = NULL;
+    return ret;
 }
 
 static bool done(const struct ring *r)
