@@ -21,7 +21,10 @@ LIBS := -luring -lpq -lhiredis -lcjson -lcrypto -lmagic -lm -pthread
 ENGINE_SRC := $(sort $(wildcard engine/*.c))
 PROTO_SRC  := $(sort $(wildcard proto/*.c))
 LIB_SRC    := $(filter-out engine/main.c,$(ENGINE_SRC)) $(PROTO_SRC)
-LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
+SQL_SRC    := $(sort $(wildcard engine/sql/*.sql))
+# The migrations, compiled in (engine/admin.h); generated, so it lives in the build folder.
+GEN_OBJ    := $(BUILD)/gen/migrations.o
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) $(GEN_OBJ)
 LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
 BIN        := $(BUILD)/ringup
 
@@ -46,6 +49,14 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) -c -o $@ $<
 
+# engine/sql/*.sql as C strings, so `ringup migrate` needs no files beside the binary.
+%/gen/migrations.c: $(SQL_SRC) tools/embed-sql
+	@mkdir -p $(dir $@)
+	tools/embed-sql $(SQL_SRC) >$@.tmp && mv $@.tmp $@
+
+$(GEN_OBJ): $(BUILD)/gen/migrations.c
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) -c -o $@ $<
+
 # llhttp comes from Debian's node-llhttp, compiled strict and without -Werror.
 $(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c
 	@mkdir -p $(dir $@)
@@ -65,15 +76,26 @@ $(BUILD)/replay/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_OBJ) $(LLHTTP_OBJ)
 
 units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN)
 
+# Serve against the devstack: migrate its database, keep a token for user "dev" in
+# var/dev-token (created once, mode 0600; delete the file for a new one), then serve.
 run:
 	tools/bootstrap
 	$(MAKE) ringup
 	tools/devstack start
 	@tools/devstack banner
-	@echo "ringup: serving on :8080 (Ctrl-C stops it). Try:"
-	@echo "  curl -i http://127.0.0.1:8080/healthz"
-	@echo "  curl -s http://127.0.0.1:8080/metrics | head"
-	./ringup serve
+	@eval "$$(tools/devstack env)" && export DATABASE_URL REDIS_URL && \
+	./ringup migrate && \
+	if [ ! -s var/dev-token ]; then \
+	    (umask 077 && ./ringup token create --user dev >var/dev-token.new) && \
+	        mv var/dev-token.new var/dev-token || { rm -f var/dev-token.new; exit 1; }; \
+	fi && \
+	echo "ringup: token of user dev (in var/dev-token): $$(cat var/dev-token)" && \
+	echo "ringup: serving on :8080 (Ctrl-C stops it). Try:" && \
+	echo '  TOKEN=$$(cat var/dev-token)' && \
+	echo '  curl -i http://127.0.0.1:8080/healthz' && \
+	echo '  curl -s http://127.0.0.1:8080/metrics | head' && \
+	echo '  curl -H "Authorization: Bearer $$TOKEN" http://127.0.0.1:8080/v1/files' && \
+	exec ./ringup serve
 
 # The suite: unit tests and corpus replay under ASan+UBSan, integration tests
 # against the release binary with a private PostgreSQL and Redis.
@@ -91,14 +113,14 @@ asan:
 
 fuzz: $(FUZZ_BIN)
 
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRC) build/gen/migrations.c
 	@mkdir -p $(dir $@) build/fuzz/llhttp
 	for f in llhttp api http; do \
 	    clang -std=gnu11 -I$(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1 -O1 -g -w \
 	        -fsanitize=fuzzer-no-link,address,undefined -c -o build/fuzz/llhttp/$$f.o \
 	        $(LLHTTP_SRC)/$$f.c; done
 	clang $(BASE_CFLAGS) -O1 -g $(WARN) -fsanitize=fuzzer,address,undefined -o $@ $< \
-	    $(LIB_SRC) build/fuzz/llhttp/*.o $(LIBS)
+	    $(LIB_SRC) build/gen/migrations.c build/fuzz/llhttp/*.o $(LIBS)
 
 # Layering rules of STYLE.md, and every header compiling on its own.
 check:

@@ -357,6 +357,11 @@ static void on_timer(struct tmr *t)
         conn_close(c);
         return;
     }
+    if (c->waiting) {
+        /* The server is the slow one (a database answer): the route's own timeouts apply. */
+        tmr_set(&r->timers, t, r->now_ms + r->cfg->connection_timeout);
+        return;
+    }
     if (when > r->now_ms) {
         tmr_set(&r->timers, t, when);
         return;
@@ -377,20 +382,39 @@ static void start_request(struct conn *c)
     c->state = CONN_HEAD;
     c->answered = 0;
     c->skipping = 0;
+    c->waiting = 0;
+    c->done_pending = 0;
     c->discard = 0;
     c->req_start_ns = now_ns();
 }
 
-static void finish_request(struct conn *c)
+/* The request is over: its message is read and its response queued. */
+static void complete_request(struct conn *c)
 {
-    if (c->skipping) {
-        c->skipping = 0;
-        route_head(c, c->hp.head, &c->hp, true);
-    }
     release_head(c);
     c->state = CONN_IDLE;
     if (c->ring->stopping)
         conn_close_after(c);
+}
+
+/* Ask the route again after a skipped body; it may answer later (waiting). */
+static void ask_after_skip(struct conn *c)
+{
+    c->skipping = 0;
+    if (route_head(c, c->hp.head, &c->hp, true) == ROUTE_PENDING)
+        c->waiting = 1;
+}
+
+/* The request's message is read to its end. */
+static void finish_request(struct conn *c)
+{
+    if (c->skipping)
+        ask_after_skip(c);
+    if (c->waiting) {
+        c->done_pending = 1;
+        return;
+    }
+    complete_request(c);
 }
 
 /* A parse error: answer it and close; a request already answered just closes. */
@@ -417,10 +441,8 @@ static void skip_body(struct conn *c, size_t n)
     if (c->discard < CONN_DISCARD_MAX)
         return;
     conn_close_after(c);
-    if (c->skipping) {
-        c->skipping = 0;
-        route_head(c, c->hp.head, &c->hp, true);
-    }
+    if (c->skipping)
+        ask_after_skip(c);
 }
 
 /* Feed queued input to the parser while nothing holds it back. */
@@ -428,8 +450,8 @@ static void process(struct conn *c)
 {
     struct ring *r = c->ring;
 
-    while (c->in_first != BUF_NONE && !c->close_after && c->out_bytes < CONN_OUT_HIGH &&
-           c->state != CONN_CLOSING) {
+    while (c->in_first != BUF_NONE && !c->close_after && !c->waiting &&
+           c->out_bytes < CONN_OUT_HIGH && c->state != CONN_CLOSING) {
         uint16_t bid = c->in_first;
         const char *data = buf_addr(&r->bufs, bid) + c->in_off;
         size_t len = r->bufs.len[bid] - c->in_off;
@@ -449,8 +471,11 @@ static void process(struct conn *c)
         if (ev.body.len != 0)
             skip_body(c, ev.body.len);
         if (ev.kind == HTTP_EV_HEAD) {
+            enum route_verdict v = route_head(c, c->hp.head, &c->hp, false);
+
             c->state = CONN_BODY;
-            c->skipping = route_head(c, c->hp.head, &c->hp, false) == ROUTE_SKIP_BODY;
+            c->skipping = v == ROUTE_SKIP_BODY;
+            c->waiting = v == ROUTE_PENDING;
             if (!http_has_body(&c->hp)) {
                 /* The message is complete: collect its end without input. */
                 n = http_feed(&c->hp, "", 0, &ev);
@@ -463,12 +488,46 @@ static void process(struct conn *c)
     }
     if (c->state == CONN_CLOSING)
         return;
-    if (c->close_after)
+    if (c->close_after && !c->waiting)
         drop_input(c);
     if (c->state == CONN_IDLE)
         release_head(c);
     flush(c);
     update_recv(c);
+}
+
+uint64_t conn_ref(const struct conn *c)
+{
+    return (uint64_t)c->gen << 32 | c->idx;
+}
+
+struct conn *conn_deref(struct ring *r, uint64_t ref)
+{
+    struct conn *c = lookup(r, (uint32_t)ref, (uint16_t)(ref >> 32));
+
+    if (c == NULL || c->state == CONN_CLOSING || !c->waiting)
+        return NULL;
+    return c;
+}
+
+void conn_resume(struct conn *c)
+{
+    c->waiting = 0;
+    if (c->done_pending) {
+        c->done_pending = 0;
+        complete_request(c);
+    }
+    if (c->close_after && c->state != CONN_LINGER && c->out_first == NULL) {
+        /* Nothing to send (cannot happen for an answer, but stay safe). */
+        start_linger(c);
+        return;
+    }
+    process(c);
+}
+
+const struct http_head *conn_head(const struct conn *c)
+{
+    return c->hp.head;
 }
 
 void conn_accept(struct ring *r, int fd)
@@ -728,6 +787,11 @@ const char *conn_date(const struct conn *c)
 uint64_t conn_elapsed_us(const struct conn *c)
 {
     return (now_ns() - c->req_start_ns) / 1000;
+}
+
+struct ring *conn_ring(const struct conn *c)
+{
+    return c->ring;
 }
 
 uint32_t conn_worker(const struct conn *c)

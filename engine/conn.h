@@ -46,31 +46,33 @@ struct obuf {
 };
 
 struct conn {
-    int fd;                  /* the socket: a direct descriptor (registered file slot) */
-    uint32_t idx;            /* slot index in the pool */
-    uint16_t gen;            /* slot generation: bumped when the slot is freed */
-    uint8_t state;           /* enum conn_state */
-    uint8_t recv_armed : 1;  /* multishot recv in flight */
-    uint8_t recv_cancel : 1; /* a cancel of the recv is in flight */
-    uint8_t send_busy : 1;   /* a send is in flight */
-    uint8_t close_after : 1; /* close once the output is sent */
-    uint8_t answered : 1;    /* the request in progress has its response queued */
-    uint8_t peer_eof : 1;    /* the client shut its write side */
-    uint8_t starved : 1;     /* waiting for receive buffers */
-    uint8_t reject : 1;      /* accepted past MAX_CONNECTIONS: answer 503, close */
-    uint8_t skipping : 1;    /* skipping the body of a request its route will answer */
-    uint8_t closed : 1;      /* the close of the direct descriptor is submitted */
-    uint16_t inflight;       /* ops in flight */
-    uint16_t in_first;       /* first queued receive buffer, BUF_NONE if none */
-    uint16_t in_last;        /* last queued receive buffer */
-    uint16_t in_count;       /* queued receive buffers */
-    uint32_t in_off;         /* bytes of in_first already consumed */
-    uint32_t discard;        /* body bytes skipped for the current request */
-    int status;              /* status of the response to the current request */
-    uint64_t out_bytes;      /* bytes queued on the output chain */
-    uint64_t req_start_ns;   /* monotonic ns of the current request's first byte */
-    uint64_t active_ms;      /* last progress (bytes in or out), monotonic ms */
-    struct obuf *out_first;  /* output chain, sent in order */
+    int fd;                   /* the socket: a direct descriptor (registered file slot) */
+    uint32_t idx;             /* slot index in the pool */
+    uint16_t gen;             /* slot generation: bumped when the slot is freed */
+    uint8_t state;            /* enum conn_state */
+    uint8_t recv_armed : 1;   /* multishot recv in flight */
+    uint8_t recv_cancel : 1;  /* a cancel of the recv is in flight */
+    uint8_t send_busy : 1;    /* a send is in flight */
+    uint8_t close_after : 1;  /* close once the output is sent */
+    uint8_t answered : 1;     /* the request in progress has its response queued */
+    uint8_t peer_eof : 1;     /* the client shut its write side */
+    uint8_t starved : 1;      /* waiting for receive buffers */
+    uint8_t reject : 1;       /* accepted past MAX_CONNECTIONS: answer 503, close */
+    uint8_t skipping : 1;     /* skipping the body of a request its route will answer */
+    uint8_t closed : 1;       /* the close of the direct descriptor is submitted */
+    uint8_t waiting : 1;      /* the route answers later (e.g. after a database query) */
+    uint8_t done_pending : 1; /* the message ended while the route was still waiting */
+    uint16_t inflight;        /* ops in flight */
+    uint16_t in_first;        /* first queued receive buffer, BUF_NONE if none */
+    uint16_t in_last;         /* last queued receive buffer */
+    uint16_t in_count;        /* queued receive buffers */
+    uint32_t in_off;          /* bytes of in_first already consumed */
+    uint32_t discard;         /* body bytes skipped for the current request */
+    int status;               /* status of the response to the current request */
+    uint64_t out_bytes;       /* bytes queued on the output chain */
+    uint64_t req_start_ns;    /* monotonic ns of the current request's first byte */
+    uint64_t active_ms;       /* last progress (bytes in or out), monotonic ms */
+    struct obuf *out_first;   /* output chain, sent in order */
     struct obuf *out_last;
     struct conn *next;     /* free list / deferred-free list link */
     struct ring *ring;     /* owning worker */
@@ -142,7 +144,24 @@ uint64_t conn_elapsed_us(const struct conn *c);
 /* The worker index, for logs. */
 uint32_t conn_worker(const struct conn *c);
 
+/* The owning worker. */
+struct ring *conn_ring(const struct conn *c);
+
 /* Mark the current request answered with status (for metrics and the access log). */
 void conn_answered(struct conn *c, int status);
+
+/*
+ * A reference that survives the connection: a route that answers later keeps
+ * this instead of a pointer, and conn_deref() gives the connection back, or
+ * NULL if it closed (or stopped waiting) meanwhile.
+ */
+uint64_t conn_ref(const struct conn *c);
+struct conn *conn_deref(struct ring *r, uint64_t ref);
+
+/* A route that returned ROUTE_PENDING has queued its answer: go on with the connection. */
+void conn_resume(struct conn *c);
+
+/* The current request's head (valid until the request completes). */
+const struct http_head *conn_head(const struct conn *c);
 
 #endif /* ENGINE_CONN_H */

@@ -17,16 +17,102 @@ void met_register(struct met_worker *m)
         workers[nworkers++] = m;
 }
 
-void met_request(struct met_worker *m, int status, uint64_t dur_us)
+static unsigned bucket(uint64_t dur_us)
 {
     unsigned i = 0;
 
-    if (status >= 100 && status < 600)
-        met_inc(&m->req_by_code[status]);
     while (i < MET_DUR_BUCKETS && (double)dur_us > dur_bounds[i] * 1e6)
         i++;
-    met_inc(&m->req_dur[i]);
+    return i;
+}
+
+void met_request(struct met_worker *m, int status, uint64_t dur_us)
+{
+    if (status >= 100 && status < 600)
+        met_inc(&m->req_by_code[status]);
+    met_inc(&m->req_dur[bucket(dur_us)]);
     met_add(&m->req_dur_us_sum, dur_us);
+}
+
+void met_db_query(struct met_db *m, bool failed, uint64_t dur_us)
+{
+    met_inc(&m->queries);
+    if (failed)
+        met_inc(&m->errors);
+    met_inc(&m->dur[bucket(dur_us)]);
+    met_add(&m->dur_us_sum, dur_us);
+}
+
+static uint64_t load(const uint64_t *v)
+{
+    return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+static const char *const pool_names[MET_DB_POOLS] = {"primary", "read"};
+
+/* One gauge or counter of the database pools, per worker and pool. */
+static void db_family(struct prom_buf *b, const char *name, const char *type, const char *help,
+                      size_t off)
+{
+    char labels[64];
+    unsigned w;
+    unsigned p;
+
+    prom_family(b, name, type, help);
+    for (w = 0; w < nworkers; w++) {
+        for (p = 0; p < MET_DB_POOLS; p++) {
+            const struct met_db *d = &workers[w]->db[p];
+            if (load(&d->max) == 0)
+                continue;
+            snprintf(labels, sizeof(labels), "pool=\"%s\",worker=\"%u\"", pool_names[p], w);
+            prom_sample(b, name, labels, (double)load((const uint64_t *)((const char *)d + off)));
+        }
+    }
+}
+
+static void render_db(struct prom_buf *b)
+{
+    uint64_t counts[MET_DUR_BUCKETS + 1];
+    char labels[32];
+    unsigned p;
+    unsigned w;
+    unsigned i;
+
+    db_family(b, "ringup_db_connections_open", "gauge",
+              "Database connections open or opening, per worker slice.",
+              offsetof(struct met_db, open));
+    db_family(b, "ringup_db_connections_in_use", "gauge",
+              "Database connections with queries in flight.", offsetof(struct met_db, busy));
+    db_family(b, "ringup_db_connections_max", "gauge",
+              "Database connections a worker's slice may open.", offsetof(struct met_db, max));
+    db_family(b, "ringup_db_wait_queue", "gauge", "Queries waiting for a database connection.",
+              offsetof(struct met_db, waiting));
+    db_family(b, "ringup_db_queries_total", "counter", "Database queries answered or failed.",
+              offsetof(struct met_db, queries));
+    db_family(b, "ringup_db_query_errors_total", "counter",
+              "Database queries that failed (error, timeout, lost connection).",
+              offsetof(struct met_db, errors));
+    prom_family(b, "ringup_db_query_duration_seconds", "histogram",
+                "Time from queueing a query to its answer.");
+    for (p = 0; p < MET_DB_POOLS; p++) {
+        double sum = 0;
+        bool any = false;
+        memset(counts, 0, sizeof(counts));
+        for (w = 0; w < nworkers; w++) {
+            const struct met_db *d = &workers[w]->db[p];
+            if (load(&d->max) == 0)
+                continue;
+            any = true;
+            for (i = 0; i <= MET_DUR_BUCKETS; i++)
+                counts[i] += load(&d->dur[i]);
+            sum += (double)load(&d->dur_us_sum) / 1e6;
+        }
+        if (!any)
+            continue;
+        snprintf(labels, sizeof(labels), "pool=\"%s\"", pool_names[p]);
+        prom_histogram(b, "ringup_db_query_duration_seconds", labels, dur_bounds, counts,
+                       MET_DUR_BUCKETS, sum);
+    }
 }
 
 /* Sum one field over all workers; off is its offset in struct met_worker. */
@@ -97,4 +183,12 @@ void met_render(struct prom_buf *b)
                 "Time from a request's first byte to its response being queued.");
     prom_histogram(b, "ringup_request_duration_seconds", NULL, dur_bounds, counts, MET_DUR_BUCKETS,
                    (double)SUM(req_dur_us_sum) / 1e6);
+
+    scalar(b, "ringup_db_rejected_total", "counter",
+           "Requests answered 503 because the database wait queue was full.", SUM(db_rejected));
+    scalar(b, "ringup_auth_cache_hits_total", "counter", "Bearer tokens resolved from cache.",
+           SUM(auth_cache_hits));
+    scalar(b, "ringup_auth_cache_misses_total", "counter",
+           "Bearer tokens looked up in the database.", SUM(auth_cache_misses));
+    render_db(b);
 }

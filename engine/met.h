@@ -6,12 +6,26 @@
 #ifndef ENGINE_MET_H
 #define ENGINE_MET_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "proto/prom.h"
 
 #define MET_MAX_WORKERS 256
 #define MET_DUR_BUCKETS 14 /* request duration bounds, see met.c */
+#define MET_DB_POOLS 2     /* primary, read replica */
+
+/* One database pool of one worker. */
+struct met_db {
+    uint64_t open;                     /* gauge: connections open or opening */
+    uint64_t busy;                     /* gauge: connections with queries in flight */
+    uint64_t max;                      /* gauge: connections allowed */
+    uint64_t waiting;                  /* gauge: queries waiting for a connection */
+    uint64_t queries;                  /* queries answered or failed */
+    uint64_t errors;                   /* queries failed */
+    uint64_t dur[MET_DUR_BUCKETS + 1]; /* query duration histogram */
+    uint64_t dur_us_sum;               /* sum of query durations, µs */
+};
 
 struct met_worker {
     uint64_t conn_open;                    /* gauge: connections open now */
@@ -29,6 +43,10 @@ struct met_worker {
     uint64_t req_by_code[600];             /* requests answered, by status code */
     uint64_t req_dur[MET_DUR_BUCKETS + 1]; /* request duration histogram */
     uint64_t req_dur_us_sum;               /* sum of request durations, µs */
+    uint64_t db_rejected;                  /* requests refused: database wait queue full */
+    uint64_t auth_cache_hits;              /* bearer tokens resolved from the worker's cache */
+    uint64_t auth_cache_misses;            /* bearer tokens looked up in the database */
+    struct met_db db[MET_DB_POOLS];        /* database pools */
 };
 
 /* Single-writer increment: the owner thread only. */
@@ -57,6 +75,9 @@ void met_register(struct met_worker *m);
 
 /* Count one answered request (owner thread). */
 void met_request(struct met_worker *m, int status, uint64_t dur_us);
+
+/* Count one database query of a pool (owner thread). */
+void met_db_query(struct met_db *m, bool failed, uint64_t dur_us);
 
 /* Render every family in Prometheus text into b. Any thread. */
 void met_render(struct prom_buf *b);

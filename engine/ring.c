@@ -263,6 +263,10 @@ static void dispatch(struct ring *r, const struct io_uring_cqe *cqe)
     case RING_OP_CLOSE:
         conn_on_done(r, idx, gen);
         break;
+    case RING_OP_DB:
+        if ((idx >> 8) < r->ndb)
+            db_on_poll(&r->db[idx >> 8], (uint8_t)idx, gen, cqe->res);
+        break;
     case RING_OP_WAKE:
         on_wake(r, cqe->res);
         break;
@@ -332,9 +336,44 @@ out_free_uring:
     return ret;
 }
 
-static bool done(const struct ring *r)
+static bool done(struct ring *r)
 {
-    return r->stopping && r->conns.open == 0 && r->listen_fd < 0;
+    unsigned i;
+
+    if (!r->stopping || r->conns.open != 0 || r->listen_fd >= 0)
+        return false;
+    /* Requests are all answered: the database slices can go. */
+    if (!r->db_stopped) {
+        for (i = 0; i < r->ndb; i++)
+            db_pool_stop(&r->db[i]);
+        r->db_stopped = true;
+    }
+    return true;
+}
+
+/*
+ * This worker's share of a pool size: total / workers, the remainder going
+ * to the first workers, so the slices add up to the total exactly.
+ */
+static uint32_t slice(uint32_t total, const struct ring *r)
+{
+    uint32_t w = r->cfg->workers;
+
+    return total / w + (r->id < total % w ? 1 : 0);
+}
+
+static void init_db(struct ring *r)
+{
+    const struct cfg *c = r->cfg;
+    uint32_t max = c->db_pool_max < c->db_max_connections ? c->db_pool_max : c->db_max_connections;
+    uint32_t min = c->db_pool_min < max ? c->db_pool_min : max;
+
+    db_pool_init(&r->db[0], r, 0, c->database_url, "primary", slice(min, r), slice(max, r));
+    r->ndb = 1;
+    if (c->db_read_url[0] != '\0') {
+        db_pool_init(&r->db[1], r, 1, c->db_read_url, "read", slice(min, r), slice(max, r));
+        r->ndb = 2;
+    }
 }
 
 static void loop(struct ring *r)
@@ -353,6 +392,8 @@ static void loop(struct ring *r)
         ring_tick_date(r);
         tmr_expire(&r->timers, r->now_ms);
         conn_tick(r);
+        for (unsigned i = 0; i < r->ndb; i++)
+            db_tick(&r->db[i]);
         buf_commit(&r->bufs);
         met_set(&r->met.bufs_free, r->bufs.free);
         flush_log(r);
@@ -407,6 +448,8 @@ static void *run(void *arg)
 
     r->now_ms = tmr_now_ms();
     ring_tick_date(r);
+    init_db(r);
+    auth_cache_init(&r->auth);
     arm_accept(r);
     arm_wake(r);
     loop(r);
@@ -469,6 +512,9 @@ void ring_teardown(struct ring *r)
         r->uring = NULL;
     }
     conn_pool_free(&r->conns);
+    auth_cache_free(&r->auth);
+    for (unsigned i = 0; i < r->ndb; i++)
+        db_pool_free(&r->db[i]);
     tmr_heap_free(&r->timers);
     free(r->log.buf[0]);
     free(r->log.buf[1]);

@@ -16,9 +16,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "engine/auth.h"
 #include "engine/buf.h"
 #include "engine/cfg.h"
 #include "engine/conn.h"
+#include "engine/db.h"
 #include "engine/log.h"
 #include "engine/met.h"
 #include "engine/tmr.h"
@@ -34,6 +36,7 @@ enum ring_op_kind {
     RING_OP_SHUTDOWN, /* a connection's shutdown(SHUT_WR) before lingering */
     RING_OP_CANCEL,   /* a connection's cancel of its own ops */
     RING_OP_CLOSE,    /* a connection's close of its direct descriptor */
+    RING_OP_DB,       /* a poll on a database connection's socket (idx: pool << 8 | slot) */
     RING_OP_WAKE,     /* read of the wake eventfd */
     RING_OP_LOG,      /* write of the log buffer to stderr */
     RING_OP__MAX,
@@ -69,6 +72,10 @@ struct ring {
     struct tmr accept_retry;        /* re-arms accept after EMFILE/ENFILE */
     struct tmr stop_timer;          /* SHUTDOWN_TIMEOUT */
     struct conn_pool conns;         /* connection slots */
+    struct db_pool db[2];           /* database slices: primary, read replica */
+    uint8_t ndb;                    /* pools in use: 1, or 2 with DB_READ_URL */
+    bool db_stopped;                /* db_pool_stop() done at shutdown */
+    struct auth_cache auth;         /* bearer tokens seen lately */
     struct met_worker met;          /* this worker's metrics */
     struct log_buf log;             /* this worker's log lines */
     size_t log_off;                 /* bytes of the in-flight log buffer already written */

@@ -16,6 +16,7 @@ struct conn;
 enum route_verdict {
     ROUTE_ANSWERED,  /* the response is queued */
     ROUTE_SKIP_BODY, /* the route takes no body: skip it, then call again with skipped */
+    ROUTE_PENDING,   /* the route answers later, then calls conn_resume() */
 };
 
 /*
@@ -34,5 +35,24 @@ enum route_verdict route_head(struct conn *c, const struct http_head *h,
  * connection after it. h is the request head if one was parsed, else NULL.
  */
 void route_fail(struct conn *c, int err, const struct http_head *h);
+
+/* ---- shared by the route_*.c files ---- */
+
+/*
+ * Queue a complete response (head, and body unless head_only: HEAD requests
+ * still announce the body's length), mark the request answered, log it.
+ * close adds Connection: close and closes after sending.
+ */
+void route_respond(struct conn *c, const struct http_head *h, int status, const char *ctype,
+                   const char *body, size_t body_len, bool head_only, bool close,
+                   const char *extra);
+
+/* An error response with API.md's JSON body {"error":{"code","message"}}. */
+void route_error(struct conn *c, const struct http_head *h, int status, const char *code,
+                 const char *message, bool close, const char *extra);
+
+/* The /v1 routes (route_files.c); close: the response must close the connection. */
+enum route_verdict route_v1(struct conn *c, const struct http_head *h, const struct http_parser *p,
+                            bool close);
 
 #endif /* ENGINE_ROUTE_H */

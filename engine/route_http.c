@@ -47,9 +47,8 @@ static void access_log(struct conn *c, const struct http_head *h, int status, si
  * Queue a complete response. body may be NULL for HEAD (content_length then
  * still announces the GET size). Marks the request answered and logs it.
  */
-static void respond(struct conn *c, const struct http_head *h, int status, const char *ctype,
-                    const char *body, size_t body_len, bool head_only, bool close,
-                    const char *extra)
+void route_respond(struct conn *c, const struct http_head *h, int status, const char *ctype,
+                   const char *body, size_t body_len, bool head_only, bool close, const char *extra)
 {
     struct http_resp r = {
         .status = status,
@@ -74,8 +73,8 @@ static void respond(struct conn *c, const struct http_head *h, int status, const
     access_log(c, h, status, (size_t)n + send_body);
 }
 
-static void respond_error(struct conn *c, const struct http_head *h, int status, const char *code,
-                          const char *message, bool close, const char *extra)
+void route_error(struct conn *c, const struct http_head *h, int status, const char *code,
+                 const char *message, bool close, const char *extra)
 {
     char body[ERR_BODY_MAX];
     ssize_t n = json_error(body, sizeof(body), code, message);
@@ -83,29 +82,29 @@ static void respond_error(struct conn *c, const struct http_head *h, int status,
 
     if (n < 0)
         abort(); /* messages here are short literals */
-    respond(c, h, status, JSON_TYPE, body, (size_t)n, head_only, close, extra);
+    route_respond(c, h, status, JSON_TYPE, body, (size_t)n, head_only, close, extra);
 }
 
 void route_fail(struct conn *c, int err, const struct http_head *h)
 {
     switch (err) {
     case -EMSGSIZE:
-        respond_error(c, h, 431, "headers_too_large",
-                      "The request line and headers exceed 16384 bytes or 100 lines.", true, NULL);
+        route_error(c, h, 431, "headers_too_large",
+                    "The request line and headers exceed 16384 bytes or 100 lines.", true, NULL);
         break;
     case -ETIMEDOUT:
-        respond_error(c, h, 408, "request_timeout",
-                      "The request did not arrive within CONNECTION_TIMEOUT.", true, NULL);
+        route_error(c, h, 408, "request_timeout",
+                    "The request did not arrive within CONNECTION_TIMEOUT.", true, NULL);
         break;
     case -ENOTSUP:
-        respond_error(c, h, 501, "not_implemented", "CONNECT is not supported.", true, NULL);
+        route_error(c, h, 501, "not_implemented", "CONNECT is not supported.", true, NULL);
         break;
     case -EBUSY:
-        respond_error(c, h, 503, "overloaded", "Too many connections; retry later.", true,
-                      "Retry-After: 1\r\n");
+        route_error(c, h, 503, "overloaded", "Too many connections; retry later.", true,
+                    "Retry-After: 1\r\n");
         break;
     default:
-        respond_error(c, h, 400, "bad_request", "The request is not valid HTTP/1.1.", true, NULL);
+        route_error(c, h, 400, "bad_request", "The request is not valid HTTP/1.1.", true, NULL);
         break;
     }
 }
@@ -113,8 +112,8 @@ void route_fail(struct conn *c, int err, const struct http_head *h)
 static void method_not_allowed(struct conn *c, const struct http_head *h, bool close,
                                const char *allow)
 {
-    respond_error(c, h, 405, "method_not_allowed", "This route does not take that method.", close,
-                  allow);
+    route_error(c, h, 405, "method_not_allowed", "This route does not take that method.", close,
+                allow);
 }
 
 static void route_healthz(struct conn *c, const struct http_head *h, bool close)
@@ -123,8 +122,8 @@ static void route_healthz(struct conn *c, const struct http_head *h, bool close)
         method_not_allowed(c, h, close, "Allow: GET, HEAD\r\n");
         return;
     }
-    respond(c, h, 200, JSON_TYPE, health_body, sizeof(health_body) - 1, h->method == HTTP_HEAD,
-            close, "Cache-Control: no-store\r\n");
+    route_respond(c, h, 200, JSON_TYPE, health_body, sizeof(health_body) - 1,
+                  h->method == HTTP_HEAD, close, "Cache-Control: no-store\r\n");
 }
 
 static void route_metrics(struct conn *c, const struct http_head *h, bool close)
@@ -142,8 +141,8 @@ static void route_metrics(struct conn *c, const struct http_head *h, bool close)
     b.cap = METRICS_MAX;
     b.full = false;
     met_render(&b);
-    respond(c, h, 200, PROM_CONTENT_TYPE, b.p, b.len, h->method == HTTP_HEAD, close,
-            "Cache-Control: no-store\r\n");
+    route_respond(c, h, 200, PROM_CONTENT_TYPE, b.p, b.len, h->method == HTTP_HEAD, close,
+                  "Cache-Control: no-store\r\n");
     free(b.p);
 }
 
@@ -162,11 +161,13 @@ enum route_verdict route_head(struct conn *c, const struct http_head *h,
             return ROUTE_SKIP_BODY;
         close = true;
     }
+    if (path.len >= 4 && memcmp(path.p, "/v1/", 4) == 0)
+        return route_v1(c, h, p, close);
     if (span_is(path, "/healthz"))
         route_healthz(c, h, close);
     else if (span_is(path, "/metrics"))
         route_metrics(c, h, close);
     else
-        respond_error(c, h, 404, "not_found", "No route matches this path.", close, NULL);
+        route_error(c, h, 404, "not_found", "No route matches this path.", close, NULL);
     return ROUTE_ANSWERED;
 }

@@ -1213,6 +1213,14 @@ def t_many_connections(ctx):
 
 
 # ==========================================================================
+# migrate and token commands against PostgreSQL: tests/it/db_cli.py
+
+import db_cli  # noqa: E402
+
+db_cli.register(test)
+
+
+# ==========================================================================
 # runner
 
 def _alarm(signum, frame):

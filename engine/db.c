@@ -1,0 +1,757 @@
+/*
+ * db: PostgreSQL connection slices in the ring. See db.h for the model.
+ */
+#include "engine/db.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+#include <liburing.h>
+
+#include "engine/log.h"
+#include "engine/ring.h"
+
+/* Statement SQL, indexed by enum db_stmt; names are "s<n>". */
+static const struct {
+    const char *sql;
+    int nparams;
+} stmts[DB_STMT__MAX] = {
+    [DB_TOKEN_LOOKUP] = {"SELECT user_name FROM api_tokens WHERE token_hash = $1::bytea AND "
+                         "revoked_at IS NULL",
+                         1},
+#define FILE_COLS                                                                                  \
+    "id::text, name, size, mime, sha256, status, "                                                 \
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "                \
+    "to_char(processed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), error"
+    [DB_FILE_GET] = {"SELECT " FILE_COLS " FROM files WHERE id = $1::uuid AND owner = $2", 2},
+    [DB_FILE_LIST] = {"SELECT " FILE_COLS " FROM files WHERE owner = $1 "
+                      "ORDER BY created_at DESC, id DESC LIMIT $2::integer",
+                      2},
+    [DB_FILE_LIST_AFTER] = {"SELECT " FILE_COLS " FROM files WHERE owner = $1 AND "
+                            "(created_at, id) < ($3::timestamptz, $4::uuid) "
+                            "ORDER BY created_at DESC, id DESC LIMIT $2::integer",
+                            4},
+    [DB_FILE_DELETE] = {"DELETE FROM files WHERE id = $1::uuid AND owner = $2 "
+                        "RETURNING storage_key",
+                        2},
+#undef FILE_COLS
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void conn_timer(struct tmr *t);
+static void pool_timer(struct tmr *t);
+static void dispatch_waiting(struct db_pool *p);
+static void drop(struct db_conn *c, int err);
+
+static struct db_query *query_get(struct db_pool *p)
+{
+    struct db_query *q = p->free_q;
+
+    if (q != NULL) {
+        p->free_q = q->next;
+    } else {
+        q = malloc(sizeof(*q));
+        if (q == NULL)
+            log_oom();
+    }
+    memset(q, 0, offsetof(struct db_query, plen));
+    return q;
+}
+
+static void query_put(struct db_pool *p, struct db_query *q)
+{
+    if (q->res != NULL)
+        PQclear(q->res);
+    q->res = NULL;
+    q->next = p->free_q;
+    p->free_q = q;
+}
+
+static void gauges(struct db_pool *p)
+{
+    uint32_t busy = 0;
+    unsigned i;
+
+    for (i = 0; i < p->max; i++)
+        if (p->conns[i].state == DB_READY && p->conns[i].depth > 0)
+            busy++;
+    met_set(&p->m->open, p->open);
+    met_set(&p->m->busy, busy);
+    met_set(&p->m->waiting, p->waiting);
+}
+
+/* Hand a finished query to its owner and recycle it. */
+static void complete(struct db_pool *p, struct db_query *q, int err)
+{
+    uint64_t us = (now_ns() - q->start_ns) / 1000;
+
+    if (q->cb != NULL) {
+        met_db_query(p->m, err != 0, us);
+        if (err == -EINVAL && q->res != NULL)
+            log_warn("database query failed", "pool=%s stmt=%u error=%s", p->name,
+                     (unsigned)q->stmt, PQresultErrorMessage(q->res));
+        q->cb(q->ud, q->tag, err == -EIO || err == -ETIMEDOUT ? NULL : q->res, err);
+    }
+    query_put(p, q);
+}
+
+static void arm_poll(struct db_conn *c, uint32_t mask)
+{
+    struct ring *r = c->pool->ring;
+    struct io_uring_sqe *sqe;
+
+    if (c->poll_armed) {
+        if (!(mask & POLLOUT) || c->poll_out)
+            return;
+        /* Widen the armed poll to POLLOUT: libpq has output to push. */
+        sqe = ring_sqe(r);
+        io_uring_prep_poll_update(sqe,
+                                  ring_ud(RING_OP_DB, c->gen, (uint32_t)c->pool->id << 8 | c->idx),
+                                  ring_ud(RING_OP_DB, c->gen, (uint32_t)c->pool->id << 8 | c->idx),
+                                  POLLIN | POLLOUT, IORING_POLL_UPDATE_EVENTS);
+        io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_NONE, 0, 0));
+        c->poll_out = 1;
+        return;
+    }
+    sqe = ring_sqe(r);
+    io_uring_prep_poll_add(sqe, c->fd, mask);
+    io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_DB, c->gen, (uint32_t)c->pool->id << 8 | c->idx));
+    c->poll_armed = 1;
+    c->poll_out = (mask & POLLOUT) != 0;
+}
+
+/* Arm the timer for the connection's next deadline. */
+static void set_timer(struct db_conn *c)
+{
+    struct db_pool *p = c->pool;
+    struct ring *r = p->ring;
+
+    if (c->state == DB_CONNECTING || c->state == DB_PREPARING)
+        return; /* the connect deadline stays */
+    if (c->q_first != NULL)
+        tmr_set(&r->timers, &c->timer, c->q_first->deadline_ms);
+    else if (p->open > p->min)
+        tmr_set(&r->timers, &c->timer, c->idle_since_ms + p->idle_timeout);
+    else
+        tmr_cancel(&r->timers, &c->timer);
+}
+
+/* Put a query on the wire of a ready connection. */
+static int send_query(struct db_conn *c, struct db_query *q)
+{
+    const char *vals[DB_PARAMS_MAX];
+    int lens[DB_PARAMS_MAX];
+    int fmts[DB_PARAMS_MAX];
+    char name[8];
+    unsigned i;
+    int ok;
+
+    if (q->stmt >= DB_STMT__MAX) {
+        unsigned s = q->stmt - DB_STMT__MAX;
+        snprintf(name, sizeof(name), "s%u", s);
+        ok = PQsendPrepare(c->pg, name, stmts[s].sql, stmts[s].nparams, NULL);
+    } else {
+        for (i = 0; i < q->nparams; i++) {
+            vals[i] = q->pbuf + q->poff[i];
+            lens[i] = q->plen[i];
+            fmts[i] = (q->binary >> i) & 1;
+        }
+        snprintf(name, sizeof(name), "s%u", (unsigned)q->stmt);
+        ok = PQsendQueryPrepared(c->pg, name, q->nparams, vals, lens, fmts, 0);
+    }
+    if (!ok || !PQpipelineSync(c->pg))
+        return -EIO;
+    q->next = NULL;
+    if (c->q_last != NULL)
+        c->q_last->next = q;
+    else
+        c->q_first = q;
+    c->q_last = q;
+    c->depth++;
+    c->want_out = 1;
+    return 0;
+}
+
+/* Push libpq's output; arm the poll for what comes next. */
+static void pump_out(struct db_conn *c)
+{
+    int f = PQflush(c->pg);
+
+    if (f < 0) {
+        drop(c, -EIO);
+        return;
+    }
+    c->want_out = f > 0;
+    if (c->depth > 0 || c->want_out)
+        arm_poll(c, POLLIN | (c->want_out ? POLLOUT : 0));
+}
+
+/* Fail or re-queue what was in flight on a dropped connection, then free it. */
+static void drop(struct db_conn *c, int err)
+{
+    struct db_pool *p = c->pool;
+    struct ring *r = p->ring;
+    struct db_query *retry_first = NULL;
+    struct db_query *retry_last = NULL;
+    uint32_t retried = 0;
+    struct db_query *q;
+
+    tmr_cancel(&r->timers, &c->timer);
+    if (c->poll_armed) {
+        struct io_uring_sqe *sqe = ring_sqe(r);
+        io_uring_prep_poll_remove(sqe, ring_ud(RING_OP_DB, c->gen, (uint32_t)p->id << 8 | c->idx));
+        io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_NONE, 0, 0));
+    }
+    if (c->state == DB_READY)
+        p->ready--;
+    while ((q = c->q_first) != NULL) {
+        c->q_first = q->next;
+        if (q->res != NULL) {
+            PQclear(q->res);
+            q->res = NULL;
+        }
+        /* Only idempotent queries come with retries == 0 (see db_query). */
+        if (q->cb != NULL && err == -EIO && q->retries == 0 && !p->stopping) {
+            q->retries++;
+            retried++;
+            q->next = NULL;
+            if (retry_last != NULL)
+                retry_last->next = q;
+            else
+                retry_first = q;
+            retry_last = q;
+        } else {
+            complete(p, q, err);
+        }
+    }
+    /* Re-sent queries go first: they have waited longest. */
+    if (retry_first != NULL) {
+        retry_last->next = p->wait_first;
+        if (p->wait_first == NULL)
+            p->wait_last = retry_last;
+        p->wait_first = retry_first;
+        p->waiting += retried;
+    }
+    if (c->pg != NULL)
+        PQfinish(c->pg);
+    c->pg = NULL;
+    c->fd = -1;
+    c->q_last = NULL;
+    c->depth = 0;
+    c->poll_armed = 0;
+    c->poll_out = 0;
+    c->state = DB_FREE;
+    c->gen++;
+    p->open--;
+    /* Keep DB_POOL_MIN open: reopen (after any backoff) from the pool timer. */
+    if (!p->stopping && p->open < p->min && !tmr_armed(&p->timer))
+        tmr_set(&r->timers, &p->timer, p->retry_at_ms > r->now_ms ? p->retry_at_ms : r->now_ms);
+    gauges(p);
+}
+
+/* A connection attempt failed: back off, and fail waiters if nothing can serve them. */
+static void connect_failed(struct db_conn *c, const char *why)
+{
+    struct db_pool *p = c->pool;
+    struct ring *r = p->ring;
+    uint64_t delay = p->backoff_ms;
+
+    /* One line when the pool starts failing, not one per attempt. */
+    if (!p->failing)
+        log_warn("database connection failed", "pool=%s worker=%u retry_ms=%llu error=%s", p->name,
+                 r->id, (unsigned long long)delay, why);
+    drop(c, -EIO);
+    p->failing = true;
+    p->retry_at_ms = r->now_ms + delay;
+    p->backoff_ms = delay * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : delay * 2;
+    if (p->ready == 0) {
+        struct db_query *q;
+        while ((q = p->wait_first) != NULL) {
+            p->wait_first = q->next;
+            p->waiting--;
+            complete(p, q, -EIO);
+        }
+        p->wait_last = NULL;
+    }
+    tmr_set(&r->timers, &p->timer, p->retry_at_ms);
+    gauges(p);
+}
+
+static void start_connect(struct db_pool *p)
+{
+    static const char *const keys[] = {"dbname", "application_name", "options", NULL};
+    const char *vals[4];
+    struct ring *r = p->ring;
+    struct db_conn *c = NULL;
+    unsigned i;
+
+    for (i = 0; i < p->max; i++) {
+        if (p->conns[i].state == DB_FREE) {
+            c = &p->conns[i];
+            break;
+        }
+    }
+    if (c == NULL)
+        return;
+    vals[0] = p->conninfo;
+    vals[1] = "ringup";
+    vals[2] = p->timeout_opt;
+    vals[3] = NULL;
+    c->pool = p;
+    c->idx = (uint8_t)i;
+    c->state = DB_CONNECTING;
+    c->stage = DB_EXPECT_RESULT;
+    c->depth = 0;
+    c->q_first = NULL;
+    c->q_last = NULL;
+    c->want_out = 0;
+    p->open++;
+    /* expand_dbname: the first value is a whole conninfo string or URL. */
+    c->pg = PQconnectStartParams(keys, vals, 1);
+    if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
+        connect_failed(c, c->pg != NULL ? PQerrorMessage(c->pg) : "out of memory");
+        return;
+    }
+    PQsetnonblocking(c->pg, 1);
+    c->fd = PQsocket(c->pg);
+    tmr_set(&r->timers, &c->timer, r->now_ms + p->connect_timeout);
+    /* PQconnectStart wants a writable socket before the first PQconnectPoll. */
+    arm_poll(c, POLLOUT);
+    gauges(p);
+}
+
+/* Connected: enter pipeline mode and prepare every statement. */
+static void connected(struct db_conn *c)
+{
+    struct db_pool *p = c->pool;
+    unsigned s;
+
+    if (!PQenterPipelineMode(c->pg)) {
+        connect_failed(c, PQerrorMessage(c->pg));
+        return;
+    }
+    c->state = DB_PREPARING;
+    for (s = 0; s < DB_STMT__MAX; s++) {
+        struct db_query *q = query_get(p);
+        q->stmt = (uint8_t)(DB_STMT__MAX + s);
+        q->start_ns = now_ns();
+        q->deadline_ms = UINT64_MAX;
+        if (send_query(c, q) < 0) {
+            query_put(p, q);
+            connect_failed(c, PQerrorMessage(c->pg));
+            return;
+        }
+    }
+    pump_out(c);
+}
+
+static void continue_connect(struct db_conn *c)
+{
+    switch (PQconnectPoll(c->pg)) {
+    case PGRES_POLLING_READING:
+        c->fd = PQsocket(c->pg);
+        arm_poll(c, POLLIN);
+        break;
+    case PGRES_POLLING_WRITING:
+        c->fd = PQsocket(c->pg);
+        arm_poll(c, POLLOUT);
+        break;
+    case PGRES_POLLING_OK:
+        c->fd = PQsocket(c->pg);
+        connected(c);
+        break;
+    default:
+        connect_failed(c, PQerrorMessage(c->pg));
+        break;
+    }
+}
+
+/* The oldest in-flight query has its answer. */
+static void finish_oldest(struct db_conn *c, int err)
+{
+    struct db_pool *p = c->pool;
+    struct db_query *q = c->q_first;
+
+    c->q_first = q->next;
+    if (c->q_first == NULL)
+        c->q_last = NULL;
+    c->depth--;
+    c->stage = DB_EXPECT_RESULT;
+    if (q->stmt >= DB_STMT__MAX) {
+        /* One of our prepares: the connection is ready after the last one. */
+        char why[256];
+        bool bad = err != 0;
+        if (bad)
+            snprintf(why, sizeof(why),
+                     "preparing statements failed (has `ringup migrate` run?): %s",
+                     q->res != NULL ? PQresultErrorMessage(q->res) : "no result");
+        query_put(p, q);
+        if (bad) {
+            connect_failed(c, why);
+            return;
+        }
+        if (c->q_first == NULL && c->state == DB_PREPARING) {
+            struct ring *r = p->ring;
+            c->state = DB_READY;
+            p->ready++;
+            if (p->failing)
+                log_info("database connection restored", "pool=%s worker=%u", p->name, r->id);
+            p->failing = false;
+            p->backoff_ms = DB_BACKOFF_MIN_MS;
+            c->idle_since_ms = r->now_ms;
+            tmr_cancel(&r->timers, &c->timer);
+        }
+        return;
+    }
+    complete(p, q, err);
+}
+
+static int result_error(PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    /* 57014: canceled by statement_timeout. */
+    if (state != NULL && strcmp(state, "57014") == 0)
+        return -ETIMEDOUT;
+    return -EINVAL;
+}
+
+/* Read every answer that is complete; returns false if the connection was dropped. */
+static bool read_results(struct db_conn *c)
+{
+    if (!PQconsumeInput(c->pg)) {
+        drop(c, -EIO);
+        return false;
+    }
+    while (c->q_first != NULL && !PQisBusy(c->pg)) {
+        PGresult *res = PQgetResult(c->pg);
+        struct db_query *q = c->q_first;
+
+        switch (c->stage) {
+        case DB_EXPECT_RESULT:
+            if (res == NULL) {
+                drop(c, -EIO);
+                return false;
+            }
+            q->res = res;
+            c->stage = DB_EXPECT_END;
+            break;
+        case DB_EXPECT_END:
+            if (res != NULL) {
+                /* A second result for one statement: keep the last. */
+                PQclear(q->res);
+                q->res = res;
+                break;
+            }
+            c->stage = DB_EXPECT_SYNC;
+            break;
+        case DB_EXPECT_SYNC:
+            if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+                if (res != NULL)
+                    PQclear(res);
+                drop(c, -EIO);
+                return false;
+            }
+            PQclear(res);
+            {
+                ExecStatusType st = PQresultStatus(q->res);
+                int err = 0;
+                if (st == PGRES_FATAL_ERROR)
+                    err = result_error(q->res);
+                else if (st == PGRES_PIPELINE_ABORTED)
+                    err = -EIO;
+                else if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+                    err = -EINVAL;
+                finish_oldest(c, err);
+                if (c->state == DB_FREE)
+                    return false;
+            }
+            break;
+        }
+    }
+    return true;
+}
+
+void db_on_poll(struct db_pool *p, uint8_t idx, uint16_t gen, int res)
+{
+    struct db_conn *c = &p->conns[idx];
+    struct ring *r = p->ring;
+
+    if (idx >= p->max || c->state == DB_FREE || c->gen != gen)
+        return;
+    c->poll_armed = 0;
+    c->poll_out = 0;
+    if (res < 0 && res != -ECANCELED) {
+        drop(c, -EIO);
+        dispatch_waiting(p);
+        return;
+    }
+    if (res == -ECANCELED)
+        return;
+    if (c->state == DB_CONNECTING) {
+        continue_connect(c);
+        if (c->state == DB_PREPARING || c->state == DB_READY)
+            dispatch_waiting(p);
+        return;
+    }
+    if (!read_results(c)) {
+        dispatch_waiting(p);
+        return;
+    }
+    if (c->depth == 0)
+        c->idle_since_ms = r->now_ms;
+    pump_out(c);
+    if (c->state != DB_FREE)
+        set_timer(c);
+    dispatch_waiting(p);
+    gauges(p);
+}
+
+/* Pick the connection for the next waiting query, or NULL (then maybe open one). */
+static struct db_conn *pick(struct db_pool *p)
+{
+    struct db_conn *best = NULL;
+    unsigned i;
+
+    for (i = 0; i < p->max; i++) {
+        struct db_conn *c = &p->conns[i];
+        if (c->state != DB_READY || c->depth >= DB_PIPE_MAX)
+            continue;
+        if (c->depth == 0)
+            return c;
+        if (best == NULL || c->depth < best->depth)
+            best = c;
+    }
+    return best;
+}
+
+static bool connecting(const struct db_pool *p)
+{
+    unsigned i;
+
+    for (i = 0; i < p->max; i++)
+        if (p->conns[i].state == DB_CONNECTING || p->conns[i].state == DB_PREPARING)
+            return true;
+    return false;
+}
+
+static void dispatch_waiting(struct db_pool *p)
+{
+    struct ring *r = p->ring;
+
+    while (p->wait_first != NULL) {
+        struct db_conn *c = pick(p);
+        struct db_query *q;
+
+        /* A busy pool grows before it pipelines behind a slow query. */
+        if ((c == NULL || c->depth > 0) && !p->stopping && p->open < p->max && !connecting(p) &&
+            r->now_ms >= p->retry_at_ms)
+            start_connect(p);
+        if (c == NULL)
+            break;
+        q = p->wait_first;
+        p->wait_first = q->next;
+        if (p->wait_first == NULL)
+            p->wait_last = NULL;
+        p->waiting--;
+        if (send_query(c, q) < 0) {
+            complete(p, q, -EIO);
+            drop(c, -EIO);
+            continue;
+        }
+        set_timer(c);
+    }
+    if (p->wait_first != NULL)
+        tmr_set(&r->timers, &p->timer,
+                p->retry_at_ms > r->now_ms ? p->retry_at_ms : p->wait_first->deadline_ms);
+    gauges(p);
+}
+
+/* Deadline of a connection: connect timeout, oldest query's deadline, or idle close. */
+static void conn_timer(struct tmr *t)
+{
+    struct db_conn *c = (struct db_conn *)((char *)t - offsetof(struct db_conn, timer));
+    struct db_pool *p = c->pool;
+    struct ring *r = p->ring;
+
+    if (c->state == DB_FREE)
+        return;
+    if (c->state != DB_READY) {
+        connect_failed(c, "connection timed out (DB_CONNECTION_TIMEOUT)");
+        return;
+    }
+    if (c->q_first != NULL) {
+        if (c->q_first->deadline_ms > r->now_ms) {
+            set_timer(c);
+            return;
+        }
+        log_warn("database query timed out, dropping its connection", "pool=%s worker=%u", p->name,
+                 r->id);
+        drop(c, -ETIMEDOUT);
+        dispatch_waiting(p);
+        return;
+    }
+    if (p->open > p->min && c->idle_since_ms + p->idle_timeout <= r->now_ms) {
+        drop(c, -EIO);
+        return;
+    }
+    set_timer(c);
+}
+
+/* Backoff over, or the oldest waiter's deadline passed. */
+static void pool_timer(struct tmr *t)
+{
+    struct db_pool *p = (struct db_pool *)((char *)t - offsetof(struct db_pool, timer));
+    struct ring *r = p->ring;
+    struct db_query *q;
+
+    while ((q = p->wait_first) != NULL && q->deadline_ms <= r->now_ms) {
+        p->wait_first = q->next;
+        if (p->wait_first == NULL)
+            p->wait_last = NULL;
+        p->waiting--;
+        complete(p, q, -ETIMEDOUT);
+    }
+    if (!p->stopping && p->open < p->min && !connecting(p) && r->now_ms >= p->retry_at_ms)
+        start_connect(p);
+    dispatch_waiting(p);
+}
+
+void db_pool_init(struct db_pool *p, struct ring *r, uint8_t id, const char *conninfo,
+                  const char *name, uint32_t min, uint32_t max)
+{
+    const struct cfg *cfg = r->cfg;
+    unsigned i;
+
+    memset(p, 0, sizeof(*p));
+    p->ring = r;
+    p->id = id;
+    p->conninfo = conninfo;
+    p->name = name;
+    p->max = max > DB_CONNS_MAX ? DB_CONNS_MAX : max;
+    p->min = min > p->max ? p->max : min;
+    p->query_timeout = cfg->db_query_timeout;
+    p->connect_timeout = cfg->db_connection_timeout;
+    p->idle_timeout = cfg->db_pool_idle_timeout;
+    p->backoff_ms = DB_BACKOFF_MIN_MS;
+    snprintf(p->timeout_opt, sizeof(p->timeout_opt), "-c statement_timeout=%u",
+             cfg->db_query_timeout);
+    for (i = 0; i < DB_CONNS_MAX; i++) {
+        p->conns[i].fd = -1;
+        p->conns[i].idx = (uint8_t)i;
+        p->conns[i].pool = p;
+        tmr_init(&p->conns[i].timer, conn_timer);
+    }
+    tmr_init(&p->timer, pool_timer);
+    p->m = &r->met.db[id];
+    met_set(&p->m->max, p->max);
+    for (i = 0; i < p->min; i++)
+        start_connect(p);
+}
+
+int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, const int *lens,
+             unsigned n, unsigned binary, bool idempotent, db_cb cb, void *ud, uint64_t tag)
+{
+    struct ring *r = p->ring;
+    struct db_query *q;
+    size_t off = 0;
+    unsigned i;
+
+    if (n > DB_PARAMS_MAX)
+        return -E2BIG;
+    /* Text parameters travel NUL-terminated (libpq ignores their lengths). */
+    for (i = 0; i < n; i++)
+        off += (size_t)lens[i] + 1;
+    if (off > DB_PARAM_BYTES)
+        return -E2BIG;
+    if (p->waiting >= DB_WAIT_MAX || p->stopping)
+        return -EAGAIN;
+    if (p->failing && p->ready == 0 && r->now_ms < p->retry_at_ms)
+        return -EIO;
+    q = query_get(p);
+    q->cb = cb;
+    q->ud = ud;
+    q->tag = tag;
+    q->stmt = (uint8_t)stmt;
+    q->nparams = (uint8_t)n;
+    q->binary = (uint8_t)binary;
+    q->retries = idempotent ? 0 : 1;
+    q->start_ns = now_ns();
+    q->deadline_ms = r->now_ms + p->query_timeout + DB_QUERY_GRACE_MS;
+    off = 0;
+    for (i = 0; i < n; i++) {
+        memcpy(q->pbuf + off, vals[i], (size_t)lens[i]);
+        q->pbuf[off + (size_t)lens[i]] = '\0';
+        q->poff[i] = (uint16_t)off;
+        q->plen[i] = (uint16_t)lens[i];
+        off += (size_t)lens[i] + 1;
+    }
+    q->next = NULL;
+    if (p->wait_last != NULL)
+        p->wait_last->next = q;
+    else
+        p->wait_first = q;
+    p->wait_last = q;
+    p->waiting++;
+    met_set(&p->m->waiting, p->waiting);
+    return 0;
+}
+
+void db_tick(struct db_pool *p)
+{
+    unsigned i;
+
+    if (p->wait_first != NULL)
+        dispatch_waiting(p);
+    for (i = 0; i < p->max; i++) {
+        struct db_conn *c = &p->conns[i];
+        if ((c->state == DB_READY || c->state == DB_PREPARING) && c->want_out)
+            pump_out(c);
+    }
+}
+
+void db_pool_stop(struct db_pool *p)
+{
+    struct ring *r = p->ring;
+    struct db_query *q;
+    unsigned i;
+
+    p->stopping = true;
+    tmr_cancel(&r->timers, &p->timer);
+    while ((q = p->wait_first) != NULL) {
+        p->wait_first = q->next;
+        p->waiting--;
+        complete(p, q, -EIO);
+    }
+    p->wait_last = NULL;
+    for (i = 0; i < p->max; i++)
+        if (p->conns[i].state != DB_FREE)
+            drop(&p->conns[i], -EIO);
+}
+
+bool db_pool_idle(const struct db_pool *p)
+{
+    return p->open == 0 && p->waiting == 0;
+}
+
+void db_pool_free(struct db_pool *p)
+{
+    struct db_query *q;
+
+    while ((q = p->free_q) != NULL) {
+        p->free_q = q->next;
+        free(q);
+    }
+}

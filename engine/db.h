@@ -1,0 +1,168 @@
+/*
+ * db: a worker's slice of PostgreSQL connections, driven from its ring.
+ *
+ * Each worker owns one pool per server (primary, and the read replica when
+ * DB_READ_URL is set). Connections are opened with PQconnectStartParams and
+ * PQconnectPoll, put in pipeline mode, and prepare every statement of
+ * enum db_stmt once; queries are PQsendQueryPrepared + PQpipelineSync, so
+ * queries of one loop turn leave in one write and a failed one does not
+ * abort its neighbours. Readiness comes from poll SQEs on PQsocket: no libpq
+ * call on a worker ever blocks (PQsetnonblocking).
+ *
+ * DB_QUERY_TIMEOUT is the server's statement_timeout (PostgreSQL cancels the
+ * statement itself); a query that still has no answer DB_QUERY_GRACE_MS
+ * later fails and its connection is dropped. Requests wait in a bounded
+ * queue when every connection is busy; past DB_WAIT_MAX db_query() refuses.
+ * A lost connection is reopened with backoff; its idempotent queries are
+ * retried once, the others fail with -EIO.
+ */
+#ifndef ENGINE_DB_H
+#define ENGINE_DB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/met.h"
+#include "engine/tmr.h"
+
+struct ring;
+struct pg_conn;
+struct pg_result;
+
+#define DB_PARAMS_MAX 6    /* parameters per statement */
+#define DB_PARAM_BYTES 512 /* parameter bytes per query, copied in */
+#define DB_PIPE_MAX 16     /* queries in flight on one connection */
+#define DB_WAIT_MAX 1024   /* queries waiting for a connection, per pool */
+#define DB_QUERY_GRACE_MS 2000
+#define DB_BACKOFF_MIN_MS 100
+#define DB_BACKOFF_MAX_MS 5000
+
+/* The prepared statements; their SQL lives in db.c. */
+enum db_stmt {
+    DB_TOKEN_LOOKUP,    /* $1 token hash (bytea) -> user_name of an unrevoked token */
+    DB_FILE_GET,        /* $1 id, $2 owner -> one file's metadata */
+    DB_FILE_LIST,       /* $1 owner, $2 limit -> newest files */
+    DB_FILE_LIST_AFTER, /* $1 owner, $2 limit, $3 created_at, $4 id -> files before the cursor */
+    DB_FILE_DELETE,     /* $1 id, $2 owner -> storage_key of the deleted row */
+    DB_STMT__MAX,
+};
+
+/*
+ * Completion of a query, on the ring thread. res is valid only during the
+ * call (db owns it). err: 0 with res a PGRES_TUPLES_OK / COMMAND_OK result;
+ * -EINVAL with res the server's error; -ETIMEDOUT (statement timeout or no
+ * answer in time); -EIO (connection lost or none could be opened, res NULL).
+ */
+typedef void (*db_cb)(void *ud, uint64_t tag, struct pg_result *res, int err);
+
+/* One query, from the pool's free list; parameters are copied into it. */
+struct db_query {
+    struct db_query *next;
+    db_cb cb;              /* NULL for the pool's own statements (prepare) */
+    void *ud;              /* callback context */
+    uint64_t tag;          /* callback context (e.g. a connection reference) */
+    uint64_t start_ns;     /* when it was queued, for the duration histogram */
+    uint64_t deadline_ms;  /* fail it when still unanswered then */
+    struct pg_result *res; /* the result collected so far */
+    uint8_t stmt;          /* enum db_stmt, or DB_STMT__MAX + n for prepare of stmt n */
+    uint8_t nparams;
+    uint8_t binary;  /* bit i: parameter i is binary */
+    uint8_t retries; /* times re-sent after a lost connection */
+    uint16_t plen[DB_PARAMS_MAX];
+    uint16_t poff[DB_PARAMS_MAX];
+    char pbuf[DB_PARAM_BYTES];
+};
+
+enum db_conn_state {
+    DB_FREE,       /* slot unused */
+    DB_CONNECTING, /* PQconnectPoll in progress */
+    DB_PREPARING,  /* statements being prepared */
+    DB_READY,      /* takes queries */
+};
+
+/* What the next PQgetResult of the oldest in-flight query should give. */
+enum db_stage { DB_EXPECT_RESULT, DB_EXPECT_END, DB_EXPECT_SYNC };
+
+struct db_pool;
+
+struct db_conn {
+    struct pg_conn *pg;       /* libpq connection */
+    struct db_pool *pool;     /* owner */
+    int fd;                   /* PQsocket, -1 when none */
+    uint16_t gen;             /* bumped per connection attempt: stale polls are dropped */
+    uint8_t idx;              /* slot in the pool */
+    uint8_t state;            /* enum db_conn_state */
+    uint8_t stage;            /* enum db_stage */
+    uint8_t poll_armed : 1;   /* a poll SQE is in flight */
+    uint8_t poll_out : 1;     /* ... and it waits for POLLOUT too */
+    uint8_t want_out : 1;     /* libpq has unsent output */
+    uint8_t closing : 1;      /* dropped: waiting for its poll to come back */
+    uint32_t poll_mask;       /* what the next poll should wait for while connecting */
+    uint32_t depth;           /* queries in flight */
+    struct db_query *q_first; /* in flight, oldest first */
+    struct db_query *q_last;
+    uint64_t idle_since_ms; /* when depth last dropped to 0 */
+    struct tmr timer;       /* connect timeout, query deadline, idle timeout */
+};
+
+#define DB_CONNS_MAX 255
+
+struct db_pool {
+    struct ring *ring;
+    uint8_t id;               /* 0 primary, 1 read replica */
+    const char *conninfo;     /* libpq conninfo or URL */
+    const char *name;         /* "primary" or "read", for logs and metrics */
+    char timeout_opt[64];     /* "-c statement_timeout=N" */
+    uint32_t min;             /* connections kept open */
+    uint32_t max;             /* connections at most */
+    uint32_t open;            /* slots not DB_FREE */
+    uint32_t ready;           /* connections in DB_READY */
+    uint32_t query_timeout;   /* ms */
+    uint32_t connect_timeout; /* ms */
+    uint32_t idle_timeout;    /* ms */
+    struct db_conn conns[DB_CONNS_MAX];
+    struct db_query *wait_first; /* waiting for a connection, oldest first */
+    struct db_query *wait_last;
+    uint32_t waiting;
+    struct db_query *free_q; /* spare query structs */
+    uint64_t backoff_ms;     /* next reconnect delay after a failure */
+    uint64_t retry_at_ms;    /* no new connection before this */
+    bool failing;            /* the last connection attempt failed */
+    bool stopping;           /* closing down: no new connections */
+    struct tmr timer;        /* reconnect backoff and wait-queue deadlines */
+    struct met_db *m;        /* this pool's metrics in the worker's met */
+};
+
+/*
+ * Set up a pool for the worker r (ring thread); opens min connections in the
+ * background. Never fails: connection problems surface per query.
+ */
+void db_pool_init(struct db_pool *p, struct ring *r, uint8_t id, const char *conninfo,
+                  const char *name, uint32_t min, uint32_t max);
+
+/* Close every connection; failing what is queued or in flight with -EIO. */
+void db_pool_stop(struct db_pool *p);
+
+/* Free what db_pool_init() allocated (after the ring stopped). */
+void db_pool_free(struct db_pool *p);
+
+/*
+ * Queue a prepared statement. vals[i] points to lens[i] bytes (text unless
+ * bit i of binary is set); they are copied. idempotent queries are re-sent
+ * once after a lost connection. Returns 0 (cb will be called exactly once,
+ * never from inside db_query), -EAGAIN when the wait queue is full, -E2BIG
+ * when the parameters do not fit.
+ */
+int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, const int *lens,
+             unsigned n, unsigned binary, bool idempotent, db_cb cb, void *ud, uint64_t tag);
+
+/* A poll CQE for connection idx (ring dispatch). */
+void db_on_poll(struct db_pool *p, uint8_t idx, uint16_t gen, int res);
+
+/* End of a loop turn: send what was queued (one write per connection). */
+void db_tick(struct db_pool *p);
+
+/* True when no connection, query or poll of the pool is left (after db_pool_stop). */
+bool db_pool_idle(const struct db_pool *p);
+
+#endif /* ENGINE_DB_H */

@@ -1,0 +1,570 @@
+/*
+ * route_files: the /v1 metadata routes and bearer authentication.
+ *
+ *   GET    /v1/files?limit=N&after=CURSOR   the caller's files, newest first
+ *   GET    /v1/files/{id}                   one file's metadata
+ *   DELETE /v1/files/{id}                   the row goes (204)
+ *
+ * Every request first resolves its token (the worker's cache, else one
+ * query), then runs one query; each step answers later (ROUTE_PENDING) and
+ * carries a struct v1_req through the query's callback, which always frees
+ * it, whether the connection is still there or not.
+ */
+#include "engine/route.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cjson/cJSON.h>
+#include <libpq-fe.h>
+
+#include "engine/auth.h"
+#include "engine/conn.h"
+#include "engine/db.h"
+#include "engine/log.h"
+#include "engine/met.h"
+#include "engine/ring.h"
+#include "engine/token.h"
+
+#define JSON_TYPE "application/json"
+#define ID_LEN 36       /* canonical UUID text */
+#define LIST_DEFAULT 50 /* files per page without ?limit */
+#define LIST_MAX 1000   /* largest ?limit */
+#define TS_MAX 40       /* a created_at in cursor form */
+#define CURSOR_MAX 128  /* an encoded cursor */
+#define BEARER "Bearer "
+
+enum v1_route { V1_LIST, V1_GET, V1_DELETE };
+
+/* One /v1 request in flight between queries; owned by whichever query carries it. */
+struct v1_req {
+    struct ring *ring;
+    uint64_t conn; /* conn_ref() of the requester */
+    enum v1_route route;
+    bool close;                   /* the response closes the connection */
+    uint8_t hash[TOK_HASH_LEN];   /* the bearer token's hash */
+    char user[AUTH_USER_MAX + 1]; /* resolved owner */
+    char id[ID_LEN + 1];          /* {id} */
+    unsigned limit;               /* ?limit */
+    char after_ts[TS_MAX + 1];    /* ?after, decoded: created_at ... */
+    char after_id[ID_LEN + 1];    /* ... and id; "" without a cursor */
+};
+
+static void run(struct conn *c, struct v1_req *q);
+
+static bool span_eq(struct http_span s, const char *lit)
+{
+    size_t n = strlen(lit);
+
+    return s.len == n && memcmp(s.p, lit, n) == 0;
+}
+
+static bool is_hex(char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+/* A canonical UUID (8-4-4-4-12 hex digits); anything else names no file. */
+static bool uuid_ok(const char *s, size_t n)
+{
+    size_t i;
+
+    if (n != ID_LEN)
+        return false;
+    for (i = 0; i < n; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !is_hex(s[i]))
+            return false;
+    }
+    return true;
+}
+
+static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static size_t b64_encode(char *out, const unsigned char *in, size_t n)
+{
+    size_t o = 0;
+    size_t i;
+
+    for (i = 0; i + 2 < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64url[v >> 18];
+        out[o++] = b64url[(v >> 12) & 63];
+        out[o++] = b64url[(v >> 6) & 63];
+        out[o++] = b64url[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[o++] = b64url[v >> 18];
+        out[o++] = b64url[(v >> 12) & 63];
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = b64url[v >> 18];
+        out[o++] = b64url[(v >> 12) & 63];
+        out[o++] = b64url[(v >> 6) & 63];
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Decode unpadded base64url; returns the length or -1. */
+static int b64_decode(unsigned char *out, size_t cap, const char *in, size_t n)
+{
+    uint32_t v = 0;
+    size_t bits = 0;
+    size_t o = 0;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        const char *k = memchr(b64url, in[i], 64);
+        if (k == NULL || in[i] == '\0')
+            return -1;
+        v = v << 6 | (uint32_t)(k - b64url);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o == cap)
+                return -1;
+            out[o++] = (unsigned char)(v >> bits);
+        }
+    }
+    return (int)o;
+}
+
+/*
+ * Find ?key=value in the target; returns the raw value (no percent-decoding:
+ * every value this file takes is plain ASCII) or false.
+ */
+static bool query_param(const struct http_head *h, const char *key, struct http_span *val)
+{
+    struct http_span url = http_url(h);
+    const char *q = memchr(url.p, '?', url.len);
+    const char *end = url.p + url.len;
+    size_t klen = strlen(key);
+
+    if (q == NULL)
+        return false;
+    q++;
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp != NULL ? amp : end;
+        if ((size_t)(stop - q) > klen && memcmp(q, key, klen) == 0 && q[klen] == '=') {
+            val->p = q + klen + 1;
+            val->len = (size_t)(stop - val->p);
+            return true;
+        }
+        q = stop + 1;
+    }
+    return false;
+}
+
+/* created_at in the exact text form the queries print: YYYY-MM-DDTHH:MM:SS.ffffffZ. */
+static bool ts_ok(const char *s, size_t n)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
+    size_t i;
+
+    if (n != sizeof(shape) - 1)
+        return false;
+    for (i = 0; i < n; i++)
+        if (shape[i] == 'd' ? !(s[i] >= '0' && s[i] <= '9') : s[i] != shape[i])
+            return false;
+    return true;
+}
+
+/* The list's ?limit and ?after; false when either is malformed. */
+static bool parse_list(const struct http_head *h, struct v1_req *q)
+{
+    unsigned char raw[CURSOR_MAX];
+    struct http_span v;
+    const char *bar;
+    int n;
+
+    q->limit = LIST_DEFAULT;
+    if (query_param(h, "limit", &v)) {
+        unsigned long lim = 0;
+        size_t i;
+        if (v.len == 0 || v.len > 4)
+            return false;
+        for (i = 0; i < v.len; i++) {
+            if (v.p[i] < '0' || v.p[i] > '9')
+                return false;
+            lim = lim * 10 + (unsigned long)(v.p[i] - '0');
+        }
+        if (lim < 1 || lim > LIST_MAX)
+            return false;
+        q->limit = (unsigned)lim;
+    }
+    if (!query_param(h, "after", &v))
+        return true;
+    n = b64_decode(raw, sizeof(raw), v.p, v.len);
+    if (n < 0)
+        return false;
+    bar = memchr(raw, '|', (size_t)n);
+    if (bar == NULL || !ts_ok((const char *)raw, (size_t)(bar - (const char *)raw)) ||
+        !uuid_ok(bar + 1, (size_t)(n - (bar + 1 - (const char *)raw))))
+        return false;
+    memcpy(q->after_ts, raw, (size_t)(bar - (const char *)raw));
+    q->after_ts[bar - (const char *)raw] = '\0';
+    memcpy(q->after_id, bar + 1, ID_LEN);
+    q->after_id[ID_LEN] = '\0';
+    return true;
+}
+
+/* Answer a request that waited, then let its connection go on. */
+static void answer_json(struct conn *c, int status, cJSON *doc, bool close)
+{
+    char *body = doc != NULL ? cJSON_PrintUnformatted(doc) : NULL;
+
+    if (doc != NULL && body == NULL)
+        log_oom();
+    route_respond(c, conn_head(c), status, body != NULL ? JSON_TYPE : NULL, body,
+                  body != NULL ? strlen(body) : 0, conn_head(c)->method == HTTP_HEAD, close, NULL);
+    free(body);
+}
+
+static void unavailable(struct conn *c, int err, bool close)
+{
+    if (err == -ETIMEDOUT)
+        route_error(c, conn_head(c), 503, "database_timeout",
+                    "The database did not answer within DB_QUERY_TIMEOUT; retry later.", close,
+                    "Retry-After: 1\r\n");
+    else if (err == -EAGAIN)
+        route_error(c, conn_head(c), 503, "overloaded",
+                    "Too many requests are waiting for the database; retry later.", close,
+                    "Retry-After: 1\r\n");
+    else if (err == -EINVAL)
+        route_error(c, conn_head(c), 500, "internal_error", "The database refused the query.",
+                    close, NULL);
+    else
+        route_error(c, conn_head(c), 503, "database_unavailable",
+                    "The database cannot be reached; retry later.", close, "Retry-After: 1\r\n");
+}
+
+/* The connection a callback answers, or NULL (then q is freed here). */
+static struct conn *requester(struct v1_req *q)
+{
+    struct conn *c = conn_deref(q->ring, q->conn);
+
+    if (c == NULL)
+        free(q);
+    return c;
+}
+
+/* Finish a request that waited: answer already queued, free q, resume. */
+static void done(struct conn *c, struct v1_req *q)
+{
+    free(q);
+    conn_resume(c);
+}
+
+static void add_nullable(cJSON *o, const char *key, PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        cJSON_AddNullToObject(o, key);
+    else
+        cJSON_AddStringToObject(o, key, PQgetvalue(res, row, col));
+}
+
+/* One row of FILE_COLS (see db.c) as API.md's metadata object. */
+static cJSON *file_json(PGresult *res, int row)
+{
+    cJSON *o = cJSON_CreateObject();
+
+    if (o == NULL)
+        log_oom();
+    cJSON_AddStringToObject(o, "id", PQgetvalue(res, row, 0));
+    cJSON_AddStringToObject(o, "name", PQgetvalue(res, row, 1));
+    cJSON_AddNumberToObject(o, "size", strtod(PQgetvalue(res, row, 2), NULL));
+    add_nullable(o, "mime", res, row, 3);
+    add_nullable(o, "sha256", res, row, 4);
+    cJSON_AddStringToObject(o, "status", PQgetvalue(res, row, 5));
+    add_nullable(o, "created_at", res, row, 6);
+    add_nullable(o, "processed_at", res, row, 7);
+    add_nullable(o, "error", res, row, 8);
+    return o;
+}
+
+static void on_get(void *ud, uint64_t tag, PGresult *res, int err)
+{
+    struct v1_req *q = ud;
+    struct conn *c = requester(q);
+    cJSON *doc;
+
+    (void)tag;
+    if (c == NULL)
+        return;
+    if (err != 0) {
+        unavailable(c, err, q->close);
+    } else if (PQntuples(res) == 0) {
+        route_error(c, conn_head(c), 404, "not_found", "No such file.", q->close, NULL);
+    } else {
+        doc = file_json(res, 0);
+        answer_json(c, 200, doc, q->close);
+        cJSON_Delete(doc);
+    }
+    done(c, q);
+}
+
+static void on_list(void *ud, uint64_t tag, PGresult *res, int err)
+{
+    struct v1_req *q = ud;
+    struct conn *c = requester(q);
+    cJSON *doc;
+    cJSON *files;
+    int rows;
+    int i;
+
+    (void)tag;
+    if (c == NULL)
+        return;
+    if (err != 0) {
+        unavailable(c, err, q->close);
+        done(c, q);
+        return;
+    }
+    /* One row more than asked says whether a next page exists. */
+    rows = PQntuples(res);
+    doc = cJSON_CreateObject();
+    files = cJSON_AddArrayToObject(doc, "files");
+    if (doc == NULL || files == NULL)
+        log_oom();
+    for (i = 0; i < rows && (unsigned)i < q->limit; i++)
+        cJSON_AddItemToArray(files, file_json(res, i));
+    if ((unsigned)rows > q->limit) {
+        char raw[TS_MAX + ID_LEN + 2];
+        char cur[CURSOR_MAX];
+        int last = (int)q->limit - 1;
+        int n =
+            snprintf(raw, sizeof(raw), "%s|%s", PQgetvalue(res, last, 6), PQgetvalue(res, last, 0));
+        b64_encode(cur, (const unsigned char *)raw, (size_t)n);
+        cJSON_AddStringToObject(doc, "next", cur);
+    } else {
+        cJSON_AddNullToObject(doc, "next");
+    }
+    answer_json(c, 200, doc, q->close);
+    cJSON_Delete(doc);
+    done(c, q);
+}
+
+static void on_delete(void *ud, uint64_t tag, PGresult *res, int err)
+{
+    struct v1_req *q = ud;
+    struct conn *c = requester(q);
+
+    (void)tag;
+    if (c == NULL)
+        return;
+    if (err != 0)
+        unavailable(c, err, q->close);
+    else if (PQntuples(res) == 0)
+        route_error(c, conn_head(c), 404, "not_found", "No such file.", q->close, NULL);
+    else
+        answer_json(c, 204, NULL, q->close);
+    done(c, q);
+}
+
+/* Reads go to the replica when there is one. */
+static struct db_pool *read_pool(struct ring *r)
+{
+    return r->ndb > 1 ? &r->db[1] : &r->db[0];
+}
+
+/* Issue the route's query; on refusal answer now. Returns the verdict. */
+static enum route_verdict submit(struct conn *c, struct v1_req *q, struct db_pool *pool,
+                                 enum db_stmt stmt, const char *const *vals, const int *lens,
+                                 unsigned n, db_cb cb)
+{
+    int ret = db_query(pool, stmt, vals, lens, n, 0, true, cb, q, q->conn);
+
+    if (ret == 0)
+        return ROUTE_PENDING;
+    if (ret == -EAGAIN)
+        met_inc(&q->ring->met.db_rejected);
+    unavailable(c, ret, q->close);
+    free(q);
+    return ROUTE_ANSWERED;
+}
+
+/* The caller is known: run the route's query. */
+static enum route_verdict run_route(struct conn *c, struct v1_req *q)
+{
+    char limit[8];
+    const char *vals[4];
+    int lens[4];
+
+    switch (q->route) {
+    case V1_GET:
+    case V1_DELETE:
+        vals[0] = q->id;
+        lens[0] = ID_LEN;
+        vals[1] = q->user;
+        lens[1] = (int)strlen(q->user);
+        if (q->route == V1_GET)
+            return submit(c, q, read_pool(q->ring), DB_FILE_GET, vals, lens, 2, on_get);
+        return submit(c, q, &q->ring->db[0], DB_FILE_DELETE, vals, lens, 2, on_delete);
+    case V1_LIST:
+        vals[0] = q->user;
+        lens[0] = (int)strlen(q->user);
+        lens[1] = snprintf(limit, sizeof(limit), "%u", q->limit + 1);
+        vals[1] = limit;
+        if (q->after_id[0] == '\0')
+            return submit(c, q, read_pool(q->ring), DB_FILE_LIST, vals, lens, 2, on_list);
+        vals[2] = q->after_ts;
+        lens[2] = (int)strlen(q->after_ts);
+        vals[3] = q->after_id;
+        lens[3] = ID_LEN;
+        return submit(c, q, read_pool(q->ring), DB_FILE_LIST_AFTER, vals, lens, 4, on_list);
+    }
+    free(q);
+    return ROUTE_ANSWERED;
+}
+
+static void unauthorized(struct conn *c, const struct http_head *h, bool close)
+{
+    route_error(c, h, 401, "unauthorized", "A valid bearer token is required.", close,
+                "WWW-Authenticate: Bearer\r\n");
+}
+
+static void on_token(void *ud, uint64_t tag, PGresult *res, int err)
+{
+    struct v1_req *q = ud;
+    struct conn *c = requester(q);
+
+    (void)tag;
+    if (c == NULL)
+        return;
+    if (err != 0) {
+        unavailable(c, err, q->close);
+        done(c, q);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        auth_cache_put(&q->ring->auth, q->hash, NULL, q->ring->now_ms);
+        unauthorized(c, conn_head(c), q->close);
+        done(c, q);
+        return;
+    }
+    snprintf(q->user, sizeof(q->user), "%s", PQgetvalue(res, 0, 0));
+    auth_cache_put(&q->ring->auth, q->hash, q->user, q->ring->now_ms);
+    run(c, q);
+}
+
+/* Continue after the token lookup answered: the route runs, or answers at once. */
+static void run(struct conn *c, struct v1_req *q)
+{
+    if (run_route(c, q) == ROUTE_ANSWERED)
+        conn_resume(c);
+    /* ROUTE_PENDING: the route's callback resumes the connection. */
+}
+
+/* Resolve the caller from the cache, else ask the database. */
+static enum route_verdict authenticate(struct conn *c, const struct http_head *h, struct v1_req *q)
+{
+    struct ring *r = q->ring;
+    struct http_span auth;
+    const char *user;
+    const char *vals[1];
+    int lens[1];
+
+    if (!http_header(h, "authorization", &auth)) {
+        if (r->cfg->allow_anonymous) {
+            snprintf(q->user, sizeof(q->user), "anonymous");
+            return run_route(c, q);
+        }
+        unauthorized(c, h, q->close);
+        free(q);
+        return ROUTE_ANSWERED;
+    }
+    if (auth.len <= sizeof(BEARER) - 1 || strncasecmp(auth.p, BEARER, sizeof(BEARER) - 1) != 0 ||
+        !tok_wellformed(auth.p + sizeof(BEARER) - 1, auth.len - (sizeof(BEARER) - 1))) {
+        unauthorized(c, h, q->close);
+        free(q);
+        return ROUTE_ANSWERED;
+    }
+    tok_hash(auth.p + sizeof(BEARER) - 1, auth.len - (sizeof(BEARER) - 1), q->hash);
+    if (auth_cache_get(&r->auth, q->hash, r->now_ms, &user)) {
+        met_inc(&r->met.auth_cache_hits);
+        if (user[0] == '\0') {
+            unauthorized(c, h, q->close);
+            free(q);
+            return ROUTE_ANSWERED;
+        }
+        snprintf(q->user, sizeof(q->user), "%s", user);
+        return run_route(c, q);
+    }
+    met_inc(&r->met.auth_cache_misses);
+    vals[0] = (const char *)q->hash;
+    lens[0] = TOK_HASH_LEN;
+    if (db_query(&r->db[0], DB_TOKEN_LOOKUP, vals, lens, 1, 1, true, on_token, q, q->conn) == 0)
+        return ROUTE_PENDING;
+    met_inc(&r->met.db_rejected);
+    unavailable(c, -EAGAIN, q->close);
+    free(q);
+    return ROUTE_ANSWERED;
+}
+
+enum route_verdict route_v1(struct conn *c, const struct http_head *h, const struct http_parser *p,
+                            bool close)
+{
+    struct http_span path = http_path(h);
+    struct v1_req *q;
+    enum v1_route route;
+    const char *allow;
+    const char *id = NULL;
+
+    (void)p;
+    if (span_eq(path, "/v1/files")) {
+        route = V1_LIST;
+        allow = "Allow: GET, HEAD\r\n";
+        if (h->method != HTTP_GET && h->method != HTTP_HEAD)
+            goto out_method;
+    } else if (path.len > 10 && memcmp(path.p, "/v1/files/", 10) == 0 &&
+               memchr(path.p + 10, '/', path.len - 10) == NULL) {
+        id = path.p + 10;
+        allow = "Allow: GET, HEAD, DELETE\r\n";
+        if (h->method == HTTP_GET || h->method == HTTP_HEAD)
+            route = V1_GET;
+        else if (h->method == HTTP_DELETE)
+            route = V1_DELETE;
+        else
+            goto out_method;
+    } else {
+        route_error(c, h, 404, "not_found", "No route matches this path.", close, NULL);
+        return ROUTE_ANSWERED;
+    }
+
+    q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        log_oom();
+    q->ring = conn_ring(c);
+    q->conn = conn_ref(c);
+    q->route = route;
+    q->close = close;
+    if (id != NULL) {
+        size_t n = path.len - 10;
+        if (!uuid_ok(id, n)) {
+            /* Not an id this server hands out: no such file (after auth, below). */
+            memset(q->id, 0, sizeof(q->id));
+        } else {
+            memcpy(q->id, id, ID_LEN);
+        }
+    } else if (!parse_list(h, q)) {
+        route_error(c, h, 400, "bad_request",
+                    "limit must be 1..1000 and after a cursor from a previous page.", close, NULL);
+        free(q);
+        return ROUTE_ANSWERED;
+    }
+    if (id != NULL && q->id[0] == '\0') {
+        /* Authenticate anyway, so a bad id and a missing token answer the same way. */
+        memcpy(q->id, "00000000-0000-0000-0000-000000000000", ID_LEN);
+    }
+    return authenticate(c, h, q);
+
+out_method:
+    route_error(c, h, 405, "method_not_allowed", "This route does not take that method.", close,
+                allow);
+    return ROUTE_ANSWERED;
+}
