@@ -869,8 +869,49 @@ int cfg_load(struct cfg *c, int argc, char **argv, char *err, size_t errlen)
 
     if (check_pool("DB", c->db_pool_min, c->db_pool_max, c->db_max_connections, err, errlen) < 0)
         return -EINVAL;
+    /* Each worker owns a slice of the connections: it needs one at least. */
+    if (c->db_pool_max < c->workers) {
+        errf(err, errlen, "DB_POOL_MAX: %u is less than WORKERS (%u); each worker needs one",
+             c->db_pool_max, c->workers);
+        return -EINVAL;
+    }
     if (check_pool("REDIS", c->redis_pool_min, c->redis_pool_max, c->redis_max_connections, err,
                    errlen) < 0)
+        return -EINVAL;
+    return 0;
+}
+
+/* Rewrite a relative "host=./dir" (libpq takes only absolute socket dirs) against cwd. */
+static int absolute_host(char *url, const char *name, char *err, size_t errlen)
+{
+    char cwd[CFG_STR_MAX];
+    char out[CFG_STR_MAX];
+    char *h = strstr(url, "host=.");
+    const char *rest;
+    int n;
+
+    if (h == NULL)
+        return 0;
+    if (getcwd(cwd, sizeof(cwd)) == NULL) {
+        errf(err, errlen, "%s: cannot resolve a relative host: %s", name, strerror(errno));
+        return -EINVAL;
+    }
+    rest = h + 5;
+    if (rest[0] == '.' && rest[1] == '/')
+        rest += 2;
+    n = snprintf(out, sizeof(out), "%.*s%s/%s", (int)(h + 5 - url), url, cwd, rest);
+    if (n < 0 || (size_t)n >= sizeof(out)) {
+        errf(err, errlen, "%s: too long once its relative host is made absolute", name);
+        return -EINVAL;
+    }
+    memcpy(url, out, (size_t)n + 1);
+    return 0;
+}
+
+int cfg_resolve_paths(struct cfg *c, char *err, size_t errlen)
+{
+    if (absolute_host(c->database_url, "DATABASE_URL", err, errlen) < 0 ||
+        absolute_host(c->db_read_url, "DB_READ_URL", err, errlen) < 0)
         return -EINVAL;
     return 0;
 }

@@ -105,6 +105,15 @@ int cfg_parse_env_text(const char *text, size_t len, cfg_kv_fn fn, void *ud, cha
 int cfg_load(struct cfg *c, int argc, char **argv, char *err, size_t errlen);
 
 /*
+ * Make what must be absolute at run time so: a relative socket directory in
+ * DATABASE_URL / DB_READ_URL ("host=./var/run", the default) is resolved
+ * against the working directory, since libpq takes only absolute ones.
+ * check-config prints the values as given; serve and the database commands
+ * call this. Returns 0 or -EINVAL with err naming the variable.
+ */
+int cfg_resolve_paths(struct cfg *c, char *err, size_t errlen);
+
+/*
  * Print the effective configuration, one "NAME=value" line per setting in
  * API.md's order, secrets (passwords in URLs, SIGNING_KEY) redacted.
  */

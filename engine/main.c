@@ -32,12 +32,16 @@ static void usage(FILE *out)
                  "Exit status: 0 ok, 1 failure, 2 usage or configuration error.\n");
 }
 
-/* Load the configuration or explain in one line why not (exit status 2). */
-static int load(struct cfg *c, int argc, char **argv)
+/*
+ * Load the configuration or explain in one line why not (exit status 2).
+ * Commands that run (not check-config) also resolve relative paths.
+ */
+static int load(struct cfg *c, int argc, char **argv, bool resolve)
 {
     char err[CFG_ERR_MAX];
 
-    if (cfg_load(c, argc, argv, err, sizeof(err)) < 0) {
+    if (cfg_load(c, argc, argv, err, sizeof(err)) < 0 ||
+        (resolve && cfg_resolve_paths(c, err, sizeof(err)) < 0)) {
         fprintf(stderr, "ringup: %s\n", err);
         return 2;
     }
@@ -132,7 +136,7 @@ static int admin(struct cfg *c, const char *cmd, int argc, char **argv)
         ret = 2;
         goto out_free;
     }
-    ret = load(c, a.argc, a.argv);
+    ret = load(c, a.argc, a.argv, true);
     if (ret != 0)
         goto out_free;
     if (create)
@@ -170,14 +174,14 @@ int main(int argc, char **argv)
         first = argc;
 
     if (strcmp(cmd, "check-config") == 0) {
-        ret = load(&cfg, argc - first, argv + first);
+        ret = load(&cfg, argc - first, argv + first, false);
         if (ret != 0)
             return ret;
         cfg_print(&cfg, stdout);
         return 0;
     }
     if (strcmp(cmd, "serve") == 0) {
-        ret = load(&cfg, argc - first, argv + first);
+        ret = load(&cfg, argc - first, argv + first, true);
         if (ret != 0)
             return ret;
         log_setup(cfg.log_level, cfg.log_format, cfg.instance_id);

@@ -468,6 +468,7 @@ static enum route_verdict authenticate(struct conn *c, const struct http_head *h
     const char *user;
     const char *vals[1];
     int lens[1];
+    int ret;
 
     if (!http_header(h, "authorization", &auth)) {
         if (r->cfg->allow_anonymous) {
@@ -498,10 +499,12 @@ static enum route_verdict authenticate(struct conn *c, const struct http_head *h
     met_inc(&r->met.auth_cache_misses);
     vals[0] = (const char *)q->hash;
     lens[0] = TOK_HASH_LEN;
-    if (db_query(&r->db[0], DB_TOKEN_LOOKUP, vals, lens, 1, 1, true, on_token, q, q->conn) == 0)
+    ret = db_query(&r->db[0], DB_TOKEN_LOOKUP, vals, lens, 1, 1, true, on_token, q, q->conn);
+    if (ret == 0)
         return ROUTE_PENDING;
-    met_inc(&r->met.db_rejected);
-    unavailable(c, -EAGAIN, q->close);
+    if (ret == -EAGAIN)
+        met_inc(&r->met.db_rejected);
+    unavailable(c, ret, q->close);
     free(q);
     return ROUTE_ANSWERED;
 }

@@ -1219,6 +1219,11 @@ import db_cli  # noqa: E402
 
 db_cli.register(test)
 
+# /v1 metadata routes, auth and the database slices: tests/it/db_routes.py
+import db_routes  # noqa: E402
+
+db_routes.register(test)
+
 
 # ==========================================================================
 # runner
