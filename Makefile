@@ -34,7 +34,7 @@ FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 REPLAY_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/replay/%)
 FUZZ_BIN   := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all run test asan test-suite units fuzz check format check-format bench-healthz clean \
+.PHONY: all run test asan test-suite units fuzz check format check-format bench-healthz bench-db clean \
         devstack-start devstack-stop
 
 all: ringup
@@ -74,7 +74,7 @@ $(BUILD)/replay/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_OBJ) $(LLHTTP_OBJ)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c \
 	    $(LIB_OBJ) $(LLHTTP_OBJ) $(LIBS)
 
-units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN)
+units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN) $(BUILD)/bench/dbload
 
 # Serve against the devstack: migrate its database, keep a token for user "dev" in
 # var/dev-token (created once, mode 0600; delete the file for a new one), then serve.
@@ -101,7 +101,7 @@ run:
 # against the release binary with a private PostgreSQL and Redis.
 test:
 	tools/bootstrap
-	$(MAKE) ringup
+	$(MAKE) ringup build/bench/dbload
 	$(MAKE) BUILD=build/asan SANITIZER=address,undefined units
 	tools/run-tests --units build/asan --bin ./ringup
 
@@ -139,6 +139,14 @@ format:
 
 check-format:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
+
+# Benchmark drivers that link the engine (one ring on the calling thread).
+$(BUILD)/bench/%: bench/%.c $(LIB_OBJ) $(LLHTTP_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LLHTTP_OBJ) $(LIBS)
+
+bench-db: ringup $(BUILD)/bench/dbload
+	bench/dbload.sh
 
 bench-healthz: ringup
 	tools/bootstrap --bench

@@ -39,6 +39,13 @@ static const struct {
     [DB_FILE_DELETE] = {"DELETE FROM files WHERE id = $1::uuid AND owner = $2 "
                         "RETURNING storage_key",
                         2},
+#define INSERT_COLS "INSERT INTO files (id, owner, name, size, status, storage_key, priority) "
+    [DB_FILE_INSERT] = {INSERT_COLS "VALUES ($1::uuid, $2, $3, $4::bigint, $5, $6, $7::smallint)",
+                        7},
+    [DB_FILE_INSERT_MANY] = {INSERT_COLS "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], "
+                                         "$4::bigint[], $5::text[], $6::text[], $7::smallint[])",
+                             7},
+#undef INSERT_COLS
 #undef FILE_COLS
 };
 
@@ -67,6 +74,8 @@ static struct db_query *query_get(struct db_pool *p)
             log_oom();
     }
     memset(q, 0, offsetof(struct db_query, plen));
+    q->pext = NULL;
+    q->rows = NULL;
     return q;
 }
 
@@ -75,6 +84,8 @@ static void query_put(struct db_pool *p, struct db_query *q)
     if (q->res != NULL)
         PQclear(q->res);
     q->res = NULL;
+    free(q->pext);
+    q->pext = NULL;
     q->next = p->free_q;
     p->free_q = q;
 }
@@ -92,11 +103,18 @@ static void gauges(struct db_pool *p)
     met_set(&p->m->waiting, p->waiting);
 }
 
+static void finish_batch(struct db_pool *p, struct db_query *b, int err);
+
 /* Hand a finished query to its owner and recycle it. */
 static void complete(struct db_pool *p, struct db_query *q, int err)
 {
     uint64_t us = (now_ns() - q->start_ns) / 1000;
 
+    if (q->rows != NULL) {
+        finish_batch(p, q, err);
+        query_put(p, q);
+        return;
+    }
     if (q->cb != NULL) {
         met_db_query(p->m, err != 0, us);
         if (err == -EINVAL && q->res != NULL)
@@ -164,7 +182,7 @@ static int send_query(struct db_conn *c, struct db_query *q)
         ok = PQsendPrepare(c->pg, name, stmts[s].sql, stmts[s].nparams, NULL);
     } else {
         for (i = 0; i < q->nparams; i++) {
-            vals[i] = q->pbuf + q->poff[i];
+            vals[i] = (q->pext != NULL ? q->pext : q->pbuf) + q->poff[i];
             lens[i] = q->plen[i];
             fmts[i] = (q->binary >> i) & 1;
         }
@@ -661,25 +679,30 @@ void db_pool_init(struct db_pool *p, struct ring *r, uint8_t id, const char *con
         start_connect(p);
 }
 
-int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, const int *lens,
-             unsigned n, unsigned binary, bool idempotent, db_cb cb, void *ud, uint64_t tag)
+/* A query with its parameters copied in, or NULL with *err set. */
+static struct db_query *make_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals,
+                                   const int *lens, unsigned n, unsigned binary, bool idempotent,
+                                   db_cb cb, void *ud, uint64_t tag, int *err)
 {
     struct ring *r = p->ring;
     struct db_query *q;
     size_t off = 0;
     unsigned i;
 
+    *err = -E2BIG;
     if (n > DB_PARAMS_MAX)
-        return -E2BIG;
+        return NULL;
     /* Text parameters travel NUL-terminated (libpq ignores their lengths). */
     for (i = 0; i < n; i++)
         off += (size_t)lens[i] + 1;
     if (off > DB_PARAM_BYTES)
-        return -E2BIG;
-    if (p->waiting >= DB_WAIT_MAX || p->stopping)
-        return -EAGAIN;
+        return NULL;
+    *err = -EAGAIN;
+    if (p->waiting + p->batched >= DB_WAIT_MAX || p->stopping)
+        return NULL;
+    *err = -EIO;
     if (p->failing && p->ready == 0 && r->now_ms < p->retry_at_ms)
-        return -EIO;
+        return NULL;
     q = query_get(p);
     q->cb = cb;
     q->ud = ud;
@@ -694,10 +717,17 @@ int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, cons
     for (i = 0; i < n; i++) {
         memcpy(q->pbuf + off, vals[i], (size_t)lens[i]);
         q->pbuf[off + (size_t)lens[i]] = '\0';
-        q->poff[i] = (uint16_t)off;
-        q->plen[i] = (uint16_t)lens[i];
+        q->poff[i] = (uint32_t)off;
+        q->plen[i] = (uint32_t)lens[i];
         off += (size_t)lens[i] + 1;
     }
+    q->next = NULL;
+    *err = 0;
+    return q;
+}
+
+static void enqueue(struct db_pool *p, struct db_query *q)
+{
     q->next = NULL;
     if (p->wait_last != NULL)
         p->wait_last->next = q;
@@ -706,13 +736,168 @@ int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, cons
     p->wait_last = q;
     p->waiting++;
     met_set(&p->m->waiting, p->waiting);
+}
+
+int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, const int *lens,
+             unsigned n, unsigned binary, bool idempotent, db_cb cb, void *ud, uint64_t tag)
+{
+    int err;
+    struct db_query *q = make_query(p, stmt, vals, lens, n, binary, idempotent, cb, ud, tag, &err);
+
+    if (q == NULL)
+        return err;
+    enqueue(p, q);
     return 0;
+}
+
+int db_insert_file(struct db_pool *p, const struct db_file_row *row, db_cb cb, void *ud,
+                   uint64_t tag)
+{
+    char size[24];
+    char prio[12];
+    const char *vals[7] = {row->id,     row->owner,       row->name, size,
+                           row->status, row->storage_key, prio};
+    int lens[7];
+    struct db_query *q;
+    unsigned i;
+    int err;
+
+    snprintf(size, sizeof(size), "%llu", (unsigned long long)row->size);
+    snprintf(prio, sizeof(prio), "%d", row->priority);
+    for (i = 0; i < 7; i++)
+        lens[i] = (int)strlen(vals[i]);
+    q = make_query(p, DB_FILE_INSERT, vals, lens, 7, 0, false, cb, ud, tag, &err);
+    if (q == NULL)
+        return err;
+    /* Gathered until the end of the loop turn: see flush_batch(). */
+    if (p->batch_last != NULL)
+        p->batch_last->next = q;
+    else
+        p->batch_first = q;
+    p->batch_last = q;
+    p->batched++;
+    return 0;
+}
+
+/* A growing buffer of array literals. */
+struct abuf {
+    char *p;
+    size_t len;
+    size_t cap;
+};
+
+static void ab_put(struct abuf *b, const char *s, size_t n)
+{
+    if (n > b->cap - b->len) {
+        size_t cap = b->cap * 2 > b->len + n ? b->cap * 2 : b->len + n + 4096;
+        char *np = realloc(b->p, cap);
+        if (np == NULL)
+            log_oom();
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+/* Column col of every row as one array literal: {"a","b"} (quoted) or {1,2}. */
+static void ab_array(struct abuf *b, struct db_query *rows, unsigned col, bool quote)
+{
+    struct db_query *q;
+    size_t i;
+
+    ab_put(b, "{", 1);
+    for (q = rows; q != NULL; q = q->next) {
+        const char *v = q->pbuf + q->poff[col];
+        if (q != rows)
+            ab_put(b, ",", 1);
+        if (!quote) {
+            ab_put(b, v, q->plen[col]);
+            continue;
+        }
+        ab_put(b, "\"", 1);
+        for (i = 0; i < q->plen[col]; i++) {
+            if (v[i] == '"' || v[i] == '\\')
+                ab_put(b, "\\", 1);
+            ab_put(b, v + i, 1);
+        }
+        ab_put(b, "\"", 1);
+    }
+    ab_put(b, "}", 2); /* with its NUL */
+}
+
+/* Send the rows gathered this turn: one INSERT ... SELECT FROM unnest() per DB_BATCH_MAX. */
+static void flush_batch(struct db_pool *p)
+{
+    static const bool quoted[7] = {false, true, true, false, true, true, false};
+
+    while (p->batch_first != NULL) {
+        struct db_query *rows = p->batch_first;
+        struct db_query *last = rows;
+        struct abuf b = {NULL, 0, 0};
+        struct db_query *bq;
+        unsigned n = 1;
+        unsigned col;
+
+        if (p->batch_off || p->batched == 1) {
+            while ((rows = p->batch_first) != NULL) {
+                p->batch_first = rows->next;
+                p->batched--;
+                enqueue(p, rows);
+            }
+            break;
+        }
+        while (last->next != NULL && n < DB_BATCH_MAX) {
+            last = last->next;
+            n++;
+        }
+        p->batch_first = last->next;
+        last->next = NULL;
+        p->batched -= n;
+
+        bq = query_get(p);
+        for (col = 0; col < 7; col++) {
+            bq->poff[col] = (uint32_t)b.len;
+            ab_array(&b, rows, col, quoted[col]);
+            bq->plen[col] = (uint32_t)(b.len - bq->poff[col] - 1);
+        }
+        bq->pext = b.p;
+        bq->rows = rows;
+        bq->stmt = DB_FILE_INSERT_MANY;
+        bq->nparams = 7;
+        bq->retries = 1;
+        bq->start_ns = rows->start_ns;
+        bq->deadline_ms = rows->deadline_ms;
+        enqueue(p, bq);
+    }
+    p->batch_last = NULL;
+}
+
+/*
+ * A batch is answered: its rows succeed together, or fail together when the
+ * connection was lost or the statement timed out (whether it committed is
+ * unknown), or are re-sent one by one after an error that one row may have
+ * caused (say, a duplicate id).
+ */
+static void finish_batch(struct db_pool *p, struct db_query *b, int err)
+{
+    struct db_query *q;
+
+    while ((q = b->rows) != NULL) {
+        b->rows = q->next;
+        if (err == -EINVAL && !p->stopping)
+            enqueue(p, q);
+        else
+            complete(p, q, err);
+    }
 }
 
 void db_tick(struct db_pool *p)
 {
     unsigned i;
 
+    if (p->batch_first != NULL)
+        flush_batch(p);
     if (p->wait_first != NULL)
         dispatch_waiting(p);
     for (i = 0; i < p->max; i++) {
@@ -730,6 +915,12 @@ void db_pool_stop(struct db_pool *p)
 
     p->stopping = true;
     tmr_cancel(&r->timers, &p->timer);
+    while ((q = p->batch_first) != NULL) {
+        p->batch_first = q->next;
+        p->batched--;
+        complete(p, q, -EIO);
+    }
+    p->batch_last = NULL;
     while ((q = p->wait_first) != NULL) {
         p->wait_first = q->next;
         p->waiting--;

@@ -29,8 +29,9 @@ struct ring;
 struct pg_conn;
 struct pg_result;
 
-#define DB_PARAMS_MAX 6    /* parameters per statement */
-#define DB_PARAM_BYTES 512 /* parameter bytes per query, copied in */
+#define DB_PARAMS_MAX 8    /* parameters per statement */
+#define DB_PARAM_BYTES 640 /* parameter bytes per query, copied in */
+#define DB_BATCH_MAX 1000  /* rows in one batched INSERT */
 #define DB_PIPE_MAX 16     /* queries in flight on one connection */
 #define DB_WAIT_MAX 1024   /* queries waiting for a connection, per pool */
 #define DB_QUERY_GRACE_MS 2000
@@ -39,11 +40,13 @@ struct pg_result;
 
 /* The prepared statements; their SQL lives in db.c. */
 enum db_stmt {
-    DB_TOKEN_LOOKUP,    /* $1 token hash (bytea) -> user_name of an unrevoked token */
-    DB_FILE_GET,        /* $1 id, $2 owner -> one file's metadata */
-    DB_FILE_LIST,       /* $1 owner, $2 limit -> newest files */
-    DB_FILE_LIST_AFTER, /* $1 owner, $2 limit, $3 created_at, $4 id -> files before the cursor */
-    DB_FILE_DELETE,     /* $1 id, $2 owner -> storage_key of the deleted row */
+    DB_TOKEN_LOOKUP,     /* $1 token hash (bytea) -> user_name of an unrevoked token */
+    DB_FILE_GET,         /* $1 id, $2 owner -> one file's metadata */
+    DB_FILE_LIST,        /* $1 owner, $2 limit -> newest files */
+    DB_FILE_LIST_AFTER,  /* $1 owner, $2 limit, $3 created_at, $4 id -> files before the cursor */
+    DB_FILE_DELETE,      /* $1 id, $2 owner -> storage_key of the deleted row */
+    DB_FILE_INSERT,      /* one files row: id, owner, name, size, status, storage_key, priority */
+    DB_FILE_INSERT_MANY, /* the same seven columns as arrays: many rows, one statement */
     DB_STMT__MAX,
 };
 
@@ -68,9 +71,22 @@ struct db_query {
     uint8_t nparams;
     uint8_t binary;  /* bit i: parameter i is binary */
     uint8_t retries; /* times re-sent after a lost connection */
-    uint16_t plen[DB_PARAMS_MAX];
-    uint16_t poff[DB_PARAMS_MAX];
+    uint32_t plen[DB_PARAMS_MAX];
+    uint32_t poff[DB_PARAMS_MAX];
+    char *pext;            /* heap parameters of a batch (else pbuf), freed with the query */
+    struct db_query *rows; /* a batch: the row queries it carries */
     char pbuf[DB_PARAM_BYTES];
+};
+
+/* One files row to insert (all strings NUL-terminated, copied by db_insert_file). */
+struct db_file_row {
+    const char *id; /* UUID text */
+    const char *owner;
+    const char *name;
+    uint64_t size;
+    const char *status; /* e.g. "queued" */
+    const char *storage_key;
+    int priority;
 };
 
 enum db_conn_state {
@@ -124,13 +140,17 @@ struct db_pool {
     struct db_query *wait_first; /* waiting for a connection, oldest first */
     struct db_query *wait_last;
     uint32_t waiting;
-    struct db_query *free_q; /* spare query structs */
-    uint64_t backoff_ms;     /* next reconnect delay after a failure */
-    uint64_t retry_at_ms;    /* no new connection before this */
-    bool failing;            /* the last connection attempt failed */
-    bool stopping;           /* closing down: no new connections */
-    struct tmr timer;        /* reconnect backoff and wait-queue deadlines */
-    struct met_db *m;        /* this pool's metrics in the worker's met */
+    struct db_query *free_q;      /* spare query structs */
+    struct db_query *batch_first; /* rows to insert, gathered during this loop turn */
+    struct db_query *batch_last;
+    uint32_t batched;     /* rows in the batch */
+    bool batch_off;       /* insert row by row (for measurements) */
+    uint64_t backoff_ms;  /* next reconnect delay after a failure */
+    uint64_t retry_at_ms; /* no new connection before this */
+    bool failing;         /* the last connection attempt failed */
+    bool stopping;        /* closing down: no new connections */
+    struct tmr timer;     /* reconnect backoff and wait-queue deadlines */
+    struct met_db *m;     /* this pool's metrics in the worker's met */
 };
 
 /*
@@ -155,6 +175,16 @@ void db_pool_free(struct db_pool *p);
  */
 int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, const int *lens,
              unsigned n, unsigned binary, bool idempotent, db_cb cb, void *ud, uint64_t tag);
+
+/*
+ * Insert one files row. Rows inserted during one loop turn leave together as
+ * one multi-row INSERT (one round trip, one commit); if that statement fails,
+ * each row is retried alone so one bad row fails only itself. Not
+ * idempotent: a row whose connection is lost fails with -EIO. Returns 0, or
+ * -EAGAIN / -E2BIG like db_query().
+ */
+int db_insert_file(struct db_pool *p, const struct db_file_row *row, db_cb cb, void *ud,
+                   uint64_t tag);
 
 /* A poll CQE for connection idx (ring dispatch). */
 void db_on_poll(struct db_pool *p, uint8_t idx, uint16_t gen, int res);

@@ -376,51 +376,105 @@ static void init_db(struct ring *r)
     }
 }
 
-static void loop(struct ring *r)
+/* Per-turn bookkeeping before the ring waits: timers, batches, buffers, logs. */
+static void before_wait(struct ring *r)
 {
-    struct io_uring_cqe *cqe;
-
-    while (!done(r)) {
-        struct __kernel_timespec ts;
-        struct __kernel_timespec *tsp = NULL;
-        uint64_t next;
-        unsigned head;
-        unsigned n = 0;
-        int ret;
-
-        r->now_ms = tmr_now_ms();
-        ring_tick_date(r);
-        tmr_expire(&r->timers, r->now_ms);
-        conn_tick(r);
-        for (unsigned i = 0; i < r->ndb; i++)
-            db_tick(&r->db[i]);
+    r->now_ms = tmr_now_ms();
+    ring_tick_date(r);
+    tmr_expire(&r->timers, r->now_ms);
+    conn_tick(r);
+    for (unsigned i = 0; i < r->ndb; i++)
+        db_tick(&r->db[i]);
+    if (r->bufs.br != NULL) {
         buf_commit(&r->bufs);
         met_set(&r->met.bufs_free, r->bufs.free);
-        flush_log(r);
+    }
+    flush_log(r);
+}
+
+/*
+ * Submit, wait for a completion (or the next timer, or max_wait_ms when not
+ * UINT64_MAX) and dispatch every ready CQE. Returns 0 or -errno.
+ */
+static int wait_and_dispatch(struct ring *r, uint64_t max_wait_ms)
+{
+    struct __kernel_timespec ts;
+    struct __kernel_timespec *tsp = NULL;
+    struct io_uring_cqe *cqe;
+    uint64_t next = tmr_next(&r->timers);
+    unsigned head;
+    unsigned n = 0;
+    int ret;
+
+    if (max_wait_ms != UINT64_MAX && (next == UINT64_MAX || next > r->now_ms + max_wait_ms))
+        next = r->now_ms + max_wait_ms;
+    if (next != UINT64_MAX) {
+        uint64_t wait = next > r->now_ms ? next - r->now_ms : 0;
+        ts.tv_sec = (long long)(wait / 1000);
+        ts.tv_nsec = (long long)(wait % 1000) * 1000000;
+        tsp = &ts;
+    }
+    ret = io_uring_submit_and_wait_timeout(r->uring, &cqe, 1, tsp, NULL);
+    if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY)
+        return ret;
+    r->now_ms = tmr_now_ms();
+    io_uring_for_each_cqe(r->uring, head, cqe)
+    {
+        dispatch(r, cqe);
+        n++;
+    }
+    io_uring_cq_advance(r->uring, n);
+    return 0;
+}
+
+static void loop(struct ring *r)
+{
+    while (!done(r)) {
+        int ret;
+
+        before_wait(r);
         if (done(r))
             break;
-
-        next = tmr_next(&r->timers);
-        if (next != UINT64_MAX) {
-            uint64_t wait = next > r->now_ms ? next - r->now_ms : 0;
-            ts.tv_sec = (long long)(wait / 1000);
-            ts.tv_nsec = (long long)(wait % 1000) * 1000000;
-            tsp = &ts;
-        }
-        ret = io_uring_submit_and_wait_timeout(r->uring, &cqe, 1, tsp, NULL);
-        if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
+        ret = wait_and_dispatch(r, UINT64_MAX);
+        if (ret < 0) {
             log_error("io_uring wait failed", "error=%s worker=%u", strerror(-ret), r->id);
             r->exit_code = 1;
             return;
         }
-        r->now_ms = tmr_now_ms();
-        io_uring_for_each_cqe(r->uring, head, cqe)
-        {
-            dispatch(r, cqe);
-            n++;
-        }
-        io_uring_cq_advance(r->uring, n);
     }
+}
+
+int ring_init_local(struct ring *r, const struct cfg *cfg)
+{
+    int ret;
+
+    memset(r, 0, sizeof(*r));
+    r->cfg = cfg;
+    r->listen_fd = -1;
+    r->wake_fd = -1;
+    tmr_heap_init(&r->timers);
+    conn_pool_init(&r->conns);
+    met_register(&r->met);
+    ret = init_uring(r);
+    if (ret < 0)
+        return ret;
+    r->now_ms = tmr_now_ms();
+    init_db(r);
+    auth_cache_init(&r->auth);
+    return 0;
+}
+
+int ring_turn(struct ring *r, uint64_t max_wait_ms)
+{
+    before_wait(r);
+    return wait_and_dispatch(r, max_wait_ms);
+}
+
+void ring_fini_local(struct ring *r)
+{
+    for (unsigned i = 0; i < r->ndb; i++)
+        db_pool_stop(&r->db[i]);
+    ring_teardown(r);
 }
 
 static void *run(void *arg)

@@ -114,6 +114,16 @@ static inline bool ring_finished(const struct ring *r)
 /* Ask a worker to stop (any thread). */
 void ring_stop(struct ring *r);
 
+/*
+ * Drive a ring on the calling thread, without listener or thread (tools and
+ * benchmarks that exercise the database slices): init, then ring_turn() as
+ * often as needed (each turn runs timers and batches, submits, waits up to
+ * max_wait_ms for a completion and dispatches), then fini. Returns 0 or -errno.
+ */
+int ring_init_local(struct ring *r, const struct cfg *cfg);
+int ring_turn(struct ring *r, uint64_t max_wait_ms);
+void ring_fini_local(struct ring *r);
+
 /* Free what ring_setup() created (after the thread joined). */
 void ring_teardown(struct ring *r);
 

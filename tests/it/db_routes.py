@@ -1212,3 +1212,72 @@ def t_pool_idle_shrink(ctx):
                    "%d" % pmin, "pg_stat_activity %d, metric %d" % (n_pg, n_m))
         ok_json(api(s.port, "GET", p, tok), "GET %s after the shrink" % p)
 
+
+
+# ==========================================================================
+# batched inserts (engine/db.c flush_batch) through bench/dbload, which drives
+# one ring of the engine on its own thread
+
+def dbload_path(ctx):
+    """build/bench/dbload beside the binary under test (build/asan/... for asan)."""
+    d = os.path.dirname(os.path.abspath(ctx.bin))
+    cand = os.path.join(d, "bench", "dbload")
+    if not os.path.exists(cand):
+        cand = os.path.join(REPO, "build", "bench", "dbload")
+    expect(os.access(cand, os.X_OK), "the dbload driver is not built",
+           "an executable build/bench/dbload (make test builds it)", cand)
+    return cand
+
+
+def run_dbload(ctx, db, *args):
+    env = dict(os.environ)
+    env["DATABASE_URL"] = db.url
+    p = subprocess.run([dbload_path(ctx)] + list(args), env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+@_test("db: batched inserts land every row, in both modes")
+def t_batch_all_rows(ctx):
+    with TestDb(ctx) as db:
+        for mode in ("on", "off"):
+            rc, out, err = run_dbload(ctx, db, "--rows", "3000", "--inflight", "200",
+                                      "--batch", mode)
+            expect(rc == 0 and "failed=0" in out, "dbload --batch %s failed" % mode,
+                   "exit 0, failed=0", "exit %d: %s %s" % (rc, out.strip(), short(err, 400)))
+        expect_eq("rows inserted", "6000", db.scalar("select count(*) from files"))
+        # Names with quotes survive the array literal of a batch.
+        expect_eq("quoted names", "6000",
+                  db.scalar("select count(*) from files where name like 'row-% \"q\"'"))
+
+
+@_test("db: a failing row in a batch fails alone (duplicate ids)")
+def t_batch_fallback(ctx):
+    with TestDb(ctx) as db:
+        rc, out, err = run_dbload(ctx, db, "--rows", "2000", "--inflight", "300",
+                                  "--dup-every", "50", "--batch", "on")
+        expect(rc == 0 and "failed=40" in out, "duplicates did not fail alone",
+               "exit 0, failed=40 (2000/50)", "exit %d: %s" % (rc, out.strip()))
+        expect_eq("rows inserted", "1960", db.scalar("select count(*) from files"))
+
+
+@_test("db: DB_READ_URL takes the metadata reads; writes stay on DATABASE_URL")
+def t_read_replica(ctx):
+    with TestDb(ctx) as db:
+        tok = db.token("alice")
+        fid = db.add_file("alice")
+        s = db_server(ctx, db, "--db-pool-min", 2, "--db-pool-max", 4,
+                      "--db-max-connections", 4, workers=1, env={"DB_READ_URL": db.url})
+        for _ in range(5):
+            ok_json(api(s.port, "GET", "/v1/files/%s" % fid, token=tok), "GET file via replica")
+        ok_json(api(s.port, "GET", "/v1/files", token=tok), "list via replica")
+        m = scrape(s.port)
+        reads = m.value("ringup_db_queries_total", pool="read")
+        expect(reads is not None and reads >= 6, "reads did not go to the read pool",
+               "ringup_db_queries_total{pool=\"read\"} >= 6", repr(reads))
+        before = m.value("ringup_db_queries_total", pool="primary") or 0
+        r = api(s.port, "DELETE", "/v1/files/%s" % fid, token=tok)
+        expect_status(r, 204)
+        after = scrape(s.port).value("ringup_db_queries_total", pool="primary") or 0
+        expect(after >= before + 1, "the DELETE did not use the primary pool",
+               "primary queries to grow", "%r -> %r" % (before, after))
