@@ -3,8 +3,12 @@
  */
 #include "engine/db.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +60,15 @@ static uint64_t now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+/*
+ * Per pool (primary, read): the address a host name resolved to at start-up,
+ * "" when the conninfo names a socket directory, an address, several hosts or
+ * a hostaddr of its own. Written by db_resolve() before workers start.
+ */
+static char hostaddrs[2][INET6_ADDRSTRLEN];
+static bool unresolved[2]; /* the name did not resolve: fail fast, never resolve on a worker */
+static pthread_mutex_t addr_lock = PTHREAD_MUTEX_INITIALIZER; /* main thread re-resolves */
 
 static void conn_timer(struct tmr *t);
 static void pool_timer(struct tmr *t);
@@ -309,12 +322,13 @@ static void connect_failed(struct db_conn *c, const char *why)
 
 static void start_connect(struct db_pool *p)
 {
-    static const char *const keys[] = {"dbname", "application_name", "options", NULL};
-    const char *vals[4];
+    static const char *const keys[] = {"dbname", "application_name", "options", "hostaddr", NULL};
+    const char *vals[5];
+    char addr[INET6_ADDRSTRLEN];
+    bool bad_name;
     struct ring *r = p->ring;
     struct db_conn *c = NULL;
     unsigned i;
-
     for (i = 0; i < p->max; i++) {
         if (p->conns[i].state == DB_FREE) {
             c = &p->conns[i];
@@ -326,7 +340,13 @@ static void start_connect(struct db_pool *p)
     vals[0] = p->conninfo;
     vals[1] = "ringup";
     vals[2] = p->timeout_opt;
-    vals[3] = NULL;
+    /* A host name resolved on the main thread: PQconnectStart must not resolve it here. */
+    pthread_mutex_lock(&addr_lock);
+    memcpy(addr, hostaddrs[p->id], sizeof(addr));
+    bad_name = unresolved[p->id];
+    pthread_mutex_unlock(&addr_lock);
+    vals[3] = addr[0] != '\0' ? addr : NULL;
+    vals[4] = NULL;
     c->pool = p;
     c->idx = (uint8_t)i;
     c->state = DB_CONNECTING;
@@ -336,6 +356,10 @@ static void start_connect(struct db_pool *p)
     c->q_last = NULL;
     c->want_out = 0;
     p->open++;
+    if (bad_name) {
+        connect_failed(c, "the database host name does not resolve (retried every 10 s)");
+        return;
+    }
     /* expand_dbname: the first value is a whole conninfo string or URL. */
     c->pg = PQconnectStartParams(keys, vals, 1);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
@@ -645,6 +669,81 @@ static void pool_timer(struct tmr *t)
     if (!p->stopping && p->open < p->min && !connecting(p) && r->now_ms >= p->retry_at_ms)
         start_connect(p);
     dispatch_waiting(p);
+}
+
+/* True for a literal IPv4 or IPv6 address. */
+static bool is_address(const char *h)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
+}
+
+int db_resolve(uint8_t id, const char *conninfo, char *err, size_t errlen)
+{
+    PQconninfoOption *opts;
+    PQconninfoOption *o;
+    const char *host = NULL;
+    bool has_addr = false;
+    struct addrinfo hints;
+    struct addrinfo *ai;
+    char *perr = NULL;
+    int ret = 0;
+    char found[INET6_ADDRSTRLEN] = "";
+
+    if (conninfo[0] == '\0')
+        goto publish;
+    opts = PQconninfoParse(conninfo, &perr);
+    if (opts == NULL) {
+        snprintf(err, errlen, "%s", perr != NULL ? perr : "cannot parse the conninfo");
+        PQfreemem(perr);
+        ret = -EINVAL;
+        goto publish;
+    }
+    for (o = opts; o->keyword != NULL; o++) {
+        if (o->val == NULL || o->val[0] == '\0')
+            continue;
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            has_addr = true;
+    }
+    if (host == NULL || has_addr || host[0] == '/' || host[0] == '@' || strchr(host, ',') ||
+        is_address(host))
+        goto out;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    ret = getaddrinfo(host, NULL, &hints, &ai);
+    if (ret != 0) {
+        snprintf(err, errlen, "cannot resolve host %s: %s", host, gai_strerror(ret));
+        ret = -EHOSTUNREACH;
+        goto out;
+    }
+    if (ai->ai_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)ai->ai_addr)->sin_addr, found,
+                  sizeof(found));
+    else
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)ai->ai_addr)->sin6_addr, found,
+                  sizeof(found));
+    freeaddrinfo(ai);
+out:
+    PQconninfoFree(opts);
+publish:
+    pthread_mutex_lock(&addr_lock);
+    memcpy(hostaddrs[id], found, sizeof(found));
+    unresolved[id] = ret == -EHOSTUNREACH;
+    pthread_mutex_unlock(&addr_lock);
+    return ret;
+}
+
+bool db_unresolved(uint8_t id)
+{
+    bool v;
+
+    pthread_mutex_lock(&addr_lock);
+    v = unresolved[id];
+    pthread_mutex_unlock(&addr_lock);
+    return v;
 }
 
 void db_pool_init(struct db_pool *p, struct ring *r, uint8_t id, const char *conninfo,

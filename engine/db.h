@@ -20,6 +20,7 @@
 #define ENGINE_DB_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "engine/met.h"
@@ -152,6 +153,19 @@ struct db_pool {
     struct tmr timer;     /* reconnect backoff and wait-queue deadlines */
     struct met_db *m;     /* this pool's metrics in the worker's met */
 };
+
+/*
+ * Resolve the host name of pool id's conninfo (0 primary, 1 read) once, on
+ * the main thread before workers start, so that no worker ever blocks in
+ * getaddrinfo: connections then carry hostaddr= with the address found.
+ * Socket directories, literal addresses and multi-host lists are left to * libpq. A name that does
+ * not resolve makes that pool's connections fail at once (never a lookup on a worker) until a later
+ * db_resolve() succeeds. Main thread. Returns 0, or -EINVAL / -EHOSTUNREACH with err set.
+ */
+int db_resolve(uint8_t id, const char *conninfo, char *err, size_t errlen);
+
+/* True while pool id's host name is unresolved (main thread: try db_resolve() again). */
+bool db_unresolved(uint8_t id);
 
 /*
  * Set up a pool for the worker r (ring thread); opens min connections in the

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/db.h"
 #include "engine/log.h"
 #include "engine/met.h"
 #include "engine/ring.h"
@@ -30,6 +31,20 @@ static void stderr_append(void)
         if (fl >= 0)
             fcntl(STDERR_FILENO, F_SETFL, fl | O_APPEND);
     }
+}
+
+#define RESOLVE_TICKS 100 /* 100 ms ticks between lookups of an unresolved database host */
+
+/* The main thread looks up what the workers may not: a database host that did not resolve. */
+static void retry_resolve(const struct cfg *cfg)
+{
+    const char *urls[2] = {cfg->database_url, cfg->db_read_url};
+    char err[256];
+    uint8_t id;
+
+    for (id = 0; id < 2; id++)
+        if (db_unresolved(id) && db_resolve(id, urls[id], err, sizeof(err)) == 0)
+            log_info("database host resolved", "pool=%s", id == 0 ? "primary" : "read");
 }
 
 static bool all_finished(struct ring *rings, uint32_t n)
@@ -69,6 +84,7 @@ int srv_serve(const struct cfg *cfg)
     bool stopping = false;
     int status = 0;
     sigset_t set;
+    unsigned long ticks = 0;
     uint32_t i;
     int ret;
 
@@ -80,6 +96,14 @@ int srv_serve(const struct cfg *cfg)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    {
+        char err[256];
+        if (db_resolve(0, cfg->database_url, err, sizeof(err)) < 0 ||
+            db_resolve(1, cfg->db_read_url, err, sizeof(err)) < 0) {
+            /* Not fatal: the server serves what needs no database; queries get 503. */
+            log_warn("database host not resolved at start-up", "error=%s", err);
+        }
+    }
     rings = calloc(cfg->workers, sizeof(*rings));
     if (rings == NULL)
         log_oom();
@@ -102,9 +126,10 @@ int srv_serve(const struct cfg *cfg)
     }
     log_info("listening", "addr=%s workers=%u version=%s", cfg->listen, cfg->workers,
              VERSION_STRING);
-
     while (!all_finished(rings, cfg->workers)) {
         int sig = sigtimedwait(&set, NULL, &tick);
+        if (sig < 0 && ++ticks % RESOLVE_TICKS == 0)
+            retry_resolve(cfg);
         if (sig < 0) {
             if (!stopping && any_finished(rings, cfg->workers)) {
                 log_error("a worker ended, stopping", "workers=%u", cfg->workers);
