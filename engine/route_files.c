@@ -27,13 +27,12 @@
 #include "engine/met.h"
 #include "engine/ring.h"
 #include "engine/token.h"
+#include "proto/ids.h"
 
 #define JSON_TYPE "application/json"
-#define ID_LEN 36       /* canonical UUID text */
+#define ID_LEN IDS_UUID_LEN
 #define LIST_DEFAULT 50 /* files per page without ?limit */
 #define LIST_MAX 1000   /* largest ?limit */
-#define TS_MAX 40       /* a created_at in cursor form */
-#define CURSOR_MAX 128  /* an encoded cursor */
 #define BEARER "Bearer "
 
 enum v1_route { V1_LIST, V1_GET, V1_DELETE };
@@ -43,13 +42,13 @@ struct v1_req {
     struct ring *ring;
     uint64_t conn; /* conn_ref() of the requester */
     enum v1_route route;
-    bool close;                   /* the response closes the connection */
-    uint8_t hash[TOK_HASH_LEN];   /* the bearer token's hash */
-    char user[AUTH_USER_MAX + 1]; /* resolved owner */
-    char id[ID_LEN + 1];          /* {id} */
-    unsigned limit;               /* ?limit */
-    char after_ts[TS_MAX + 1];    /* ?after, decoded: created_at ... */
-    char after_id[ID_LEN + 1];    /* ... and id; "" without a cursor */
+    bool close;                    /* the response closes the connection */
+    uint8_t hash[TOK_HASH_LEN];    /* the bearer token's hash */
+    char user[AUTH_USER_MAX + 1];  /* resolved owner */
+    char id[ID_LEN + 1];           /* {id} */
+    unsigned limit;                /* ?limit */
+    char after_ts[IDS_TS_LEN + 1]; /* ?after, decoded: created_at ... */
+    char after_id[ID_LEN + 1];     /* ... and id; "" without a cursor */
 };
 
 static void run(struct conn *c, struct v1_req *q);
@@ -61,129 +60,12 @@ static bool span_eq(struct http_span s, const char *lit)
     return s.len == n && memcmp(s.p, lit, n) == 0;
 }
 
-static bool is_hex(char ch)
-{
-    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
-}
-
-/* A canonical UUID (8-4-4-4-12 hex digits); anything else names no file. */
-static bool uuid_ok(const char *s, size_t n)
-{
-    size_t i;
-
-    if (n != ID_LEN)
-        return false;
-    for (i = 0; i < n; i++) {
-        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? s[i] != '-' : !is_hex(s[i]))
-            return false;
-    }
-    return true;
-}
-
-static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static size_t b64_encode(char *out, const unsigned char *in, size_t n)
-{
-    size_t o = 0;
-    size_t i;
-
-    for (i = 0; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = b64url[v >> 18];
-        out[o++] = b64url[(v >> 12) & 63];
-        out[o++] = b64url[(v >> 6) & 63];
-        out[o++] = b64url[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        out[o++] = b64url[v >> 18];
-        out[o++] = b64url[(v >> 12) & 63];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-        out[o++] = b64url[v >> 18];
-        out[o++] = b64url[(v >> 12) & 63];
-        out[o++] = b64url[(v >> 6) & 63];
-    }
-    out[o] = '\0';
-    return o;
-}
-
-/* Decode unpadded base64url; returns the length or -1. */
-static int b64_decode(unsigned char *out, size_t cap, const char *in, size_t n)
-{
-    uint32_t v = 0;
-    size_t bits = 0;
-    size_t o = 0;
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        const char *k = memchr(b64url, in[i], 64);
-        if (k == NULL || in[i] == '\0')
-            return -1;
-        v = v << 6 | (uint32_t)(k - b64url);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o == cap)
-                return -1;
-            out[o++] = (unsigned char)(v >> bits);
-        }
-    }
-    return (int)o;
-}
-
-/*
- * Find ?key=value in the target; returns the raw value (no percent-decoding:
- * every value this file takes is plain ASCII) or false.
- */
-static bool query_param(const struct http_head *h, const char *key, struct http_span *val)
-{
-    struct http_span url = http_url(h);
-    const char *q = memchr(url.p, '?', url.len);
-    const char *end = url.p + url.len;
-    size_t klen = strlen(key);
-
-    if (q == NULL)
-        return false;
-    q++;
-    while (q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q));
-        const char *stop = amp != NULL ? amp : end;
-        if ((size_t)(stop - q) > klen && memcmp(q, key, klen) == 0 && q[klen] == '=') {
-            val->p = q + klen + 1;
-            val->len = (size_t)(stop - val->p);
-            return true;
-        }
-        q = stop + 1;
-    }
-    return false;
-}
-
-/* created_at in the exact text form the queries print: YYYY-MM-DDTHH:MM:SS.ffffffZ. */
-static bool ts_ok(const char *s, size_t n)
-{
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-    size_t i;
-
-    if (n != sizeof(shape) - 1)
-        return false;
-    for (i = 0; i < n; i++)
-        if (shape[i] == 'd' ? !(s[i] >= '0' && s[i] <= '9') : s[i] != shape[i])
-            return false;
-    return true;
-}
-
 /* The list's ?limit and ?after; false when either is malformed. */
 static bool parse_list(const struct http_head *h, struct v1_req *q)
 {
-    unsigned char raw[CURSOR_MAX];
     struct http_span v;
-    const char *bar;
-    int n;
-
     q->limit = LIST_DEFAULT;
-    if (query_param(h, "limit", &v)) {
+    if (http_query_param(h, "limit", &v)) {
         unsigned long lim = 0;
         size_t i;
         if (v.len == 0 || v.len > 4)
@@ -197,20 +79,9 @@ static bool parse_list(const struct http_head *h, struct v1_req *q)
             return false;
         q->limit = (unsigned)lim;
     }
-    if (!query_param(h, "after", &v))
+    if (!http_query_param(h, "after", &v))
         return true;
-    n = b64_decode(raw, sizeof(raw), v.p, v.len);
-    if (n < 0)
-        return false;
-    bar = memchr(raw, '|', (size_t)n);
-    if (bar == NULL || !ts_ok((const char *)raw, (size_t)(bar - (const char *)raw)) ||
-        !uuid_ok(bar + 1, (size_t)(n - (bar + 1 - (const char *)raw))))
-        return false;
-    memcpy(q->after_ts, raw, (size_t)(bar - (const char *)raw));
-    q->after_ts[bar - (const char *)raw] = '\0';
-    memcpy(q->after_id, bar + 1, ID_LEN);
-    q->after_id[ID_LEN] = '\0';
-    return true;
+    return ids_cursor_decode(v.p, v.len, q->after_ts, q->after_id) == 0;
 }
 
 /* Answer a request that waited, then let its connection go on. */
@@ -334,13 +205,12 @@ static void on_list(void *ud, uint64_t tag, PGresult *res, int err)
     for (i = 0; i < rows && (unsigned)i < q->limit; i++)
         cJSON_AddItemToArray(files, file_json(res, i));
     if ((unsigned)rows > q->limit) {
-        char raw[TS_MAX + ID_LEN + 2];
-        char cur[CURSOR_MAX];
+        char cur[IDS_CURSOR_MAX];
         int last = (int)q->limit - 1;
-        int n =
-            snprintf(raw, sizeof(raw), "%s|%s", PQgetvalue(res, last, 6), PQgetvalue(res, last, 0));
-        b64_encode(cur, (const unsigned char *)raw, (size_t)n);
-        cJSON_AddStringToObject(doc, "next", cur);
+        if (ids_cursor_encode(cur, PQgetvalue(res, last, 6), PQgetvalue(res, last, 0)) < 0)
+            cJSON_AddNullToObject(doc, "next"); /* not a row this schema writes */
+        else
+            cJSON_AddStringToObject(doc, "next", cur);
     } else {
         cJSON_AddNullToObject(doc, "next");
     }
@@ -548,7 +418,7 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
     q->close = close;
     if (id != NULL) {
         size_t n = path.len - 10;
-        if (!uuid_ok(id, n)) {
+        if (!ids_uuid_ok(id, n)) {
             /* Not an id this server hands out: no such file (after auth, below). */
             memset(q->id, 0, sizeof(q->id));
         } else {

@@ -390,6 +390,29 @@ struct http_span http_path(const struct http_head *h)
     return s;
 }
 
+bool http_query_param(const struct http_head *h, const char *key, struct http_span *val)
+{
+    struct http_span url = http_url(h);
+    const char *q = memchr(url.p, '?', url.len);
+    const char *end = url.p + url.len;
+    size_t klen = strlen(key);
+
+    if (q == NULL)
+        return false;
+    q++;
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp != NULL ? amp : end;
+        if ((size_t)(stop - q) > klen && memcmp(q, key, klen) == 0 && q[klen] == '=') {
+            val->p = q + klen + 1;
+            val->len = (size_t)(stop - val->p);
+            return true;
+        }
+        q = stop + 1;
+    }
+    return false;
+}
+
 const char *http_method_name(const struct http_head *h)
 {
     return llhttp_method_name((llhttp_method_t)h->method);

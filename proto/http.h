@@ -118,6 +118,13 @@ uint64_t http_content_length(const struct http_parser *p);
 struct http_span http_url(const struct http_head *h);
 struct http_span http_path(const struct http_head *h);
 
+/*
+ * The raw value of ?key=value in the request target (the first match, no
+ * percent-decoding: callers validate what they take). Returns true and fills
+ * *val, or false.
+ */
+bool http_query_param(const struct http_head *h, const char *key, struct http_span *val);
+
 /* The method's name ("GET"). */
 const char *http_method_name(const struct http_head *h);
 

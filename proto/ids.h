@@ -1,0 +1,40 @@
+/*
+ * ids: the identifiers clients send back to us, checked and coded without
+ * I/O or allocation: file ids (canonical UUID text), unpadded base64url, and
+ * list cursors (base64url of "<created_at>|<id>", opaque to clients).
+ */
+#ifndef PROTO_IDS_H
+#define PROTO_IDS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define IDS_UUID_LEN 36   /* 8-4-4-4-12 hex digits */
+#define IDS_TS_LEN 27     /* YYYY-MM-DDTHH:MM:SS.ffffffZ */
+#define IDS_CURSOR_MAX 96 /* an encoded cursor, bytes, NUL included */
+
+/* A canonical UUID (either case); anything else names no file. */
+bool ids_uuid_ok(const char *s, size_t n);
+
+/* A timestamp in the exact form cursors carry (UTC, microseconds). */
+bool ids_ts_ok(const char *s, size_t n);
+
+/* Unpadded base64url of in[0..n) into out (room for (n * 4 + 2) / 3 + 1); returns the length. */
+size_t ids_b64url_encode(char *out, const unsigned char *in, size_t n);
+
+/* Decode unpadded base64url; returns the byte count, or -EBADMSG / -ENOSPC. */
+int ids_b64url_decode(unsigned char *out, size_t cap, const char *in, size_t n);
+
+/*
+ * A cursor for the row (ts, id) into out[IDS_CURSOR_MAX]; returns its length,
+ * or -EINVAL when ts or id is not well formed.
+ */
+int ids_cursor_encode(char out[IDS_CURSOR_MAX], const char *ts, const char *id);
+
+/*
+ * Decode a cursor into ts[IDS_TS_LEN + 1] and id[IDS_UUID_LEN + 1]. Returns 0,
+ * or -EBADMSG for anything a page did not hand out.
+ */
+int ids_cursor_decode(const char *in, size_t n, char ts[IDS_TS_LEN + 1], char id[IDS_UUID_LEN + 1]);
+
+#endif /* PROTO_IDS_H */

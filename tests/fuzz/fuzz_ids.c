@@ -1,0 +1,100 @@
+/*
+ * Fuzz target for proto/ids.c and http_query_param(): what clients send back
+ * as ids, cursors and query strings. The first byte picks the mode; the rest
+ * is split in two at a point taken from the next byte.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/http.h"
+#include "proto/ids.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Decoding, then encoding what decoded, must give a cursor that decodes the same. */
+static void cursor(const char *in, size_t n)
+{
+    char ts[IDS_TS_LEN + 1];
+    char id[IDS_UUID_LEN + 1];
+    char again[IDS_CURSOR_MAX];
+    char ts2[IDS_TS_LEN + 1];
+    char id2[IDS_UUID_LEN + 1];
+    int len;
+
+    if (ids_cursor_decode(in, n, ts, id) != 0)
+        return;
+    len = ids_cursor_encode(again, ts, id);
+    if (len <= 0 || len >= IDS_CURSOR_MAX)
+        abort();
+    if (ids_cursor_decode(again, (size_t)len, ts2, id2) != 0 || strcmp(ts, ts2) != 0 ||
+        strcmp(id, id2) != 0)
+        abort();
+}
+
+static void b64(const char *in, size_t n)
+{
+    unsigned char out[256];
+    char enc[400];
+    int len = ids_b64url_decode(out, sizeof(out), in, n);
+
+    if (len < 0)
+        return;
+    if ((size_t)len > sizeof(out))
+        abort();
+    /* Canonical input re-encodes to itself. */
+    ids_b64url_encode(enc, out, (size_t)len);
+    (void)ids_uuid_ok(in, n);
+    (void)ids_ts_ok(in, n);
+}
+
+/* A request line with the input as its query; every parameter lookup stays in bounds. */
+static void query(const char *in, size_t n)
+{
+    static const char *const keys[] = {"limit", "after", "a", ""};
+    static struct http_head h;
+    struct http_parser p;
+    struct http_ev ev;
+    char req[1024];
+    size_t len;
+    size_t i;
+
+    if (n > 900)
+        n = 900;
+    len = (size_t)snprintf(req, sizeof(req), "GET /v1/files?%.*s HTTP/1.1\r\n\r\n", (int)n, in);
+    http_init(&p);
+    http_begin(&p, &h);
+    if (http_feed(&p, req, len, &ev) < 0 || ev.kind != HTTP_EV_HEAD)
+        return;
+    for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        struct http_span v;
+        struct http_span url = http_url(&h);
+        if (http_query_param(&h, keys[i], &v) && (v.p < url.p || v.p + v.len > url.p + url.len))
+            abort();
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    size_t split;
+
+    if (size < 2)
+        return 0;
+    split = size > 2 ? data[1] % (size - 2 + 1) : 0;
+    switch (data[0] % 3) {
+    case 0:
+        cursor((const char *)data + 2, size - 2);
+        cursor((const char *)data + 2, split);
+        break;
+    case 1:
+        b64((const char *)data + 2, size - 2);
+        b64((const char *)data + 2 + split, size - 2 - split);
+        break;
+    default:
+        query((const char *)data + 2, size - 2);
+        break;
+    }
+    return 0;
+}

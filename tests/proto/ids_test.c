@@ -1,0 +1,92 @@
+/* Unit tests for proto/ids.c: UUID text, base64url and list cursors. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+/* The module under test is compiled in, so the test reaches its statics. */
+#include "proto/ids.c"
+
+static void test_uuid(void **state)
+{
+    (void)state;
+    assert_true(ids_uuid_ok("cd2148e8-6948-483f-b500-21cdcea6c36e", 36));
+    assert_true(ids_uuid_ok("CD2148E8-6948-483F-B500-21CDCEA6C36E", 36));
+    assert_false(ids_uuid_ok("cd2148e8-6948-483f-b500-21cdcea6c36", 35));
+    assert_false(ids_uuid_ok("cd2148e8x6948-483f-b500-21cdcea6c36e", 36));
+    assert_false(ids_uuid_ok("cd2148e8-6948-483f-b500-21cdcea6c36g", 36));
+    assert_false(ids_uuid_ok("../../etc/passwd-000000000000000000", 36));
+    assert_false(ids_uuid_ok("", 0));
+}
+
+static void test_ts(void **state)
+{
+    (void)state;
+    assert_true(ids_ts_ok("2026-11-29T21:02:53.050203Z", 27));
+    assert_false(ids_ts_ok("2026-11-29T21:02:53Z", 20));
+    assert_false(ids_ts_ok("2026-11-29T21:02:53.05020xZ", 27));
+    assert_false(ids_ts_ok("2026-11-29'21:02:53.050203Z", 27));
+}
+
+static void test_b64_roundtrip(void **state)
+{
+    unsigned char in[64] = {0};
+    unsigned char back[64];
+    char enc[100];
+    size_t n;
+
+    (void)state;
+    for (n = 0; n < sizeof(in); n++) {
+        size_t i;
+        size_t e;
+        for (i = 0; i < n; i++)
+            in[i] = (unsigned char)(i * 37 + n);
+        e = ids_b64url_encode(enc, in, n);
+        assert_int_equal(e, (n * 4 + 2) / 3);
+        assert_int_equal(ids_b64url_decode(back, sizeof(back), enc, e), (int)n);
+        assert_memory_equal(in, back, n);
+        /* Every decode with too little room refuses instead of writing past it. */
+        if (n > 0)
+            assert_int_equal(ids_b64url_decode(back, n - 1, enc, e), -ENOSPC);
+    }
+    assert_int_equal(ids_b64url_decode(back, sizeof(back), "ab=c", 4), -EBADMSG);
+    assert_int_equal(ids_b64url_decode(back, sizeof(back), "ab+c", 4), -EBADMSG);
+    assert_int_equal(ids_b64url_decode(back, sizeof(back), "abcde", 5), -EBADMSG);
+    assert_int_equal(ids_b64url_decode(back, sizeof(back), "ab\0c", 4), -EBADMSG);
+}
+
+static void test_cursor(void **state)
+{
+    char cur[IDS_CURSOR_MAX];
+    char ts[IDS_TS_LEN + 1];
+    char id[IDS_UUID_LEN + 1];
+    int n;
+
+    (void)state;
+    n = ids_cursor_encode(cur, "2026-11-29T21:02:53.050203Z",
+                          "ceb5e4c2-1045-42e9-80f7-e0375b9ecc58");
+    assert_true(n > 0 && n < IDS_CURSOR_MAX);
+    assert_int_equal(ids_cursor_decode(cur, (size_t)n, ts, id), 0);
+    assert_string_equal(ts, "2026-11-29T21:02:53.050203Z");
+    assert_string_equal(id, "ceb5e4c2-1045-42e9-80f7-e0375b9ecc58");
+    /* Truncated, extended, or altered cursors are refused. */
+    assert_int_equal(ids_cursor_decode(cur, (size_t)n - 1, ts, id), -EBADMSG);
+    assert_int_equal(ids_cursor_decode("garbage", 7, ts, id), -EBADMSG);
+    cur[3] = cur[3] == 'A' ? 'B' : 'A';
+    assert_int_equal(ids_cursor_decode(cur, (size_t)n, ts, id), -EBADMSG);
+    assert_int_equal(ids_cursor_encode(cur, "2026-11-29 21:02:53", "x"), -EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_ts),
+        cmocka_unit_test(test_b64_roundtrip),
+        cmocka_unit_test(test_cursor),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
