@@ -292,6 +292,12 @@ static void finalize(struct conn *c)
         obuf_put(r, o);
     }
     c->out_last = NULL;
+    c->held = 0;
+    drop_input(c);
+    if (c->rdata != NULL && c->rdata_free != NULL)
+        c->rdata_free(c->rdata);
+    c->rdata = NULL;
+    c->rdata_free = NULL;
     c->fd = -1;
     c->gen++;
     if (!c->reject)
@@ -310,7 +316,9 @@ void conn_close(struct conn *c)
         return;
     c->state = CONN_CLOSING;
     tmr_cancel(&c->ring->timers, &c->timer);
-    drop_input(c);
+    /* A held buffer may still be read by the route's op: it goes back in finalize. */
+    if (c->held == 0)
+        drop_input(c);
     release_head(c);
     if (c->inflight > 0) {
         sqe = ring_sqe(c->ring);
@@ -384,6 +392,10 @@ static void start_request(struct conn *c)
     c->skipping = 0;
     c->waiting = 0;
     c->done_pending = 0;
+    c->takes_body = 0;
+    c->body_ended = 0;
+    c->held = 0;
+    c->held_done = 0;
     c->discard = 0;
     c->req_start_ns = now_ns();
 }
@@ -408,6 +420,16 @@ static void ask_after_skip(struct conn *c)
 /* The request's message is read to its end. */
 static void finish_request(struct conn *c)
 {
+    if (c->waiting) {
+        /* The route is busy (opening its file...): come back when it resumes us. */
+        c->done_pending = 1;
+        return;
+    }
+    if (c->takes_body && !c->answered && !c->body_ended) {
+        c->body_ended = 1;
+        if (route_body_end(c) == ROUTE_PENDING)
+            c->waiting = 1;
+    }
     if (c->skipping)
         ask_after_skip(c);
     if (c->waiting) {
@@ -467,9 +489,20 @@ static void process(struct conn *c)
         }
         if (c->state == CONN_IDLE && http_started(&c->hp))
             start_request(c);
-        consume(c, (size_t)n);
-        if (ev.body.len != 0)
-            skip_body(c, ev.body.len);
+        if (ev.body.len != 0 && c->takes_body && !c->answered) {
+            /* The route reads these bytes in place: hold the buffer until it resumes us. */
+            if (route_body(c, ev.body) == ROUTE_PENDING) {
+                c->waiting = 1;
+                c->held = (uint32_t)n;
+                c->held_done = ev.kind == HTTP_EV_DONE;
+                break;
+            }
+            consume(c, (size_t)n);
+        } else {
+            consume(c, (size_t)n);
+            if (ev.body.len != 0)
+                skip_body(c, ev.body.len);
+        }
         if (ev.kind == HTTP_EV_HEAD) {
             enum route_verdict v = route_head(c, c->hp.head, &c->hp, false);
 
@@ -513,9 +546,27 @@ struct conn *conn_deref(struct ring *r, uint64_t ref)
 void conn_resume(struct conn *c)
 {
     c->waiting = 0;
+    if (c->held != 0) {
+        consume(c, c->held);
+        c->held = 0;
+        if (c->held_done) {
+            c->held_done = 0;
+            finish_request(c);
+            if (c->waiting) {
+                flush(c);
+                update_recv(c);
+                return;
+            }
+        }
+    }
     if (c->done_pending) {
         c->done_pending = 0;
-        complete_request(c);
+        finish_request(c);
+        if (c->waiting) {
+            flush(c);
+            update_recv(c);
+            return;
+        }
     }
     if (c->close_after && c->state != CONN_LINGER && c->out_first == NULL) {
         /* Nothing to send (cannot happen for an answer, but stay safe). */
@@ -528,6 +579,41 @@ void conn_resume(struct conn *c)
 const struct http_head *conn_head(const struct conn *c)
 {
     return c->hp.head;
+}
+
+void conn_take_body(struct conn *c)
+{
+    c->takes_body = 1;
+}
+
+struct io_uring_sqe *conn_op_sqe(struct conn *c, conn_op_fn fn)
+{
+    struct io_uring_sqe *sqe = ring_sqe(c->ring);
+
+    io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_CONN, c->gen, c->idx));
+    c->op_fn = fn;
+    c->inflight++;
+    return sqe;
+}
+
+void conn_set_rdata(struct conn *c, void *rdata, void (*free_fn)(void *rdata))
+{
+    c->rdata = rdata;
+    c->rdata_free = free_fn;
+}
+
+void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res)
+{
+    struct conn *c = lookup(r, idx, gen);
+
+    if (c == NULL)
+        return;
+    c->inflight--;
+    if (c->state == CONN_CLOSING) {
+        finalize(c);
+        return;
+    }
+    c->op_fn(c, res);
 }
 
 void conn_accept(struct ring *r, int fd)

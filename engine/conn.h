@@ -20,7 +20,11 @@
 #include "proto/http.h"
 
 struct ring;
+struct conn;
+struct io_uring_sqe;
 
+/* Completion of a route's own op (a file write...), with the CQE's result. */
+typedef void (*conn_op_fn)(struct conn *c, int res);
 #define CONN_CHUNK 1024        /* slots allocated at a time */
 #define CONN_OUT_HIGH 262144   /* output bytes queued before input is paused */
 #define CONN_DISCARD_MAX 65536 /* body bytes skipped for a route that takes none */
@@ -62,17 +66,24 @@ struct conn {
     uint8_t closed : 1;       /* the close of the direct descriptor is submitted */
     uint8_t waiting : 1;      /* the route answers later (e.g. after a database query) */
     uint8_t done_pending : 1; /* the message ended while the route was still waiting */
-    uint16_t inflight;        /* ops in flight */
-    uint16_t in_first;        /* first queued receive buffer, BUF_NONE if none */
-    uint16_t in_last;         /* last queued receive buffer */
-    uint16_t in_count;        /* queued receive buffers */
-    uint32_t in_off;          /* bytes of in_first already consumed */
-    uint32_t discard;         /* body bytes skipped for the current request */
-    int status;               /* status of the response to the current request */
-    uint64_t out_bytes;       /* bytes queued on the output chain */
-    uint64_t req_start_ns;    /* monotonic ns of the current request's first byte */
-    uint64_t active_ms;       /* last progress (bytes in or out), monotonic ms */
-    struct obuf *out_first;   /* output chain, sent in order */
+    uint8_t takes_body : 1;   /* the route consumes the body (route_body / route_body_end) */
+    uint8_t held_done : 1;    /* the held body span ended the message */
+    uint8_t body_ended : 1;   /* route_body_end() was called for this request */
+    uint32_t held;            /* bytes of in_first the route still reads (a write in flight) */
+    conn_op_fn op_fn;         /* completion of the route's file op in flight */
+    void *rdata;              /* route state of the request in progress */
+    void (*rdata_free)(void *rdata); /* frees rdata if the connection closes first */
+    uint16_t inflight;               /* ops in flight */
+    uint16_t in_first;               /* first queued receive buffer, BUF_NONE if none */
+    uint16_t in_last;                /* last queued receive buffer */
+    uint16_t in_count;               /* queued receive buffers */
+    uint32_t in_off;                 /* bytes of in_first already consumed */
+    uint32_t discard;                /* body bytes skipped for the current request */
+    int status;                      /* status of the response to the current request */
+    uint64_t out_bytes;              /* bytes queued on the output chain */
+    uint64_t req_start_ns;           /* monotonic ns of the current request's first byte */
+    uint64_t active_ms;              /* last progress (bytes in or out), monotonic ms */
+    struct obuf *out_first;          /* output chain, sent in order */
     struct obuf *out_last;
     struct conn *next;     /* free list / deferred-free list link */
     struct ring *ring;     /* owning worker */
@@ -163,5 +174,29 @@ void conn_resume(struct conn *c);
 
 /* The current request's head (valid until the request completes). */
 const struct http_head *conn_head(const struct conn *c);
+
+/* ---- routes that take a body ---- */
+
+/*
+ * From now on the current request's body goes to route_body() and its end
+ * to route_body_end() instead of being skipped. Call before answering.
+ */
+void conn_take_body(struct conn *c);
+
+/*
+ * A submission entry for a route's own op on this connection (e.g. writing a
+ * body span to a file); fn(c, res) runs at its completion, or not at all if
+ * the connection closed meanwhile (then rdata_free cleans up). One at a time.
+ */
+struct io_uring_sqe *conn_op_sqe(struct conn *c, conn_op_fn fn);
+
+/*
+ * Per-request route state: conn calls free_fn(rdata) if the connection
+ * closes while it is set. A route that finishes clears it (NULL, NULL).
+ */
+void conn_set_rdata(struct conn *c, void *rdata, void (*free_fn)(void *rdata));
+
+/* A route op CQE (ring dispatch). */
+void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res);
 
 #endif /* ENGINE_CONN_H */

@@ -263,6 +263,9 @@ static void dispatch(struct ring *r, const struct io_uring_cqe *cqe)
     case RING_OP_CLOSE:
         conn_on_done(r, idx, gen);
         break;
+    case RING_OP_CONN:
+        conn_on_op(r, idx, gen, cqe->res);
+        break;
     case RING_OP_DB:
         if ((idx >> 8) < r->ndb)
             db_on_poll(&r->db[idx >> 8], (uint8_t)idx, gen, cqe->res);

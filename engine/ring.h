@@ -37,6 +37,7 @@ enum ring_op_kind {
     RING_OP_CANCEL,   /* a connection's cancel of its own ops */
     RING_OP_CLOSE,    /* a connection's close of its direct descriptor */
     RING_OP_DB,       /* a poll on a database connection's socket (idx: pool << 8 | slot) */
+    RING_OP_CONN,     /* a route's own op on a connection (a file write...) */
     RING_OP_WAKE,     /* read of the wake eventfd */
     RING_OP_LOG,      /* write of the log buffer to stderr */
     RING_OP__MAX,

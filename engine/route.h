@@ -36,6 +36,16 @@ enum route_verdict route_head(struct conn *c, const struct http_head *h,
  */
 void route_fail(struct conn *c, int err, const struct http_head *h);
 
+/*
+ * A span of the body of a request whose route took it (conn_take_body). The
+ * bytes stay valid until the route calls conn_resume() after ROUTE_PENDING
+ * (e.g. when its write of them completed); ROUTE_ANSWERED: done with them.
+ */
+enum route_verdict route_body(struct conn *c, struct http_span body);
+
+/* The body ended (message complete); ROUTE_PENDING if the answer comes later. */
+enum route_verdict route_body_end(struct conn *c);
+
 /* ---- shared by the route_*.c files ---- */
 
 /*
@@ -51,8 +61,18 @@ void route_respond(struct conn *c, const struct http_head *h, int status, const 
 void route_error(struct conn *c, const struct http_head *h, int status, const char *code,
                  const char *message, bool close, const char *extra);
 
-/* The /v1 routes (route_files.c); close: the response must close the connection. */
+/*
+ * The /v1 routes (route_files.c); close: the response must close the
+ * connection; skipped: as for route_head().
+ */
 enum route_verdict route_v1(struct conn *c, const struct http_head *h, const struct http_parser *p,
-                            bool close);
+                            bool skipped, bool close);
+
+/*
+ * Start storing the body of an authenticated PUT (route_upload.c): expected
+ * is its Content-Length (0 if chunked), for the free-space check.
+ */
+enum route_verdict route_upload_begin(struct conn *c, const char *user, const char *name,
+                                      uint64_t expected, bool close);
 
 #endif /* ENGINE_ROUTE_H */

@@ -35,7 +35,7 @@
 #define LIST_MAX 1000   /* largest ?limit */
 #define BEARER "Bearer "
 
-enum v1_route { V1_LIST, V1_GET, V1_DELETE };
+enum v1_route { V1_LIST, V1_GET, V1_DELETE, V1_PUT };
 
 /* One /v1 request in flight between queries; owned by whichever query carries it. */
 struct v1_req {
@@ -49,6 +49,8 @@ struct v1_req {
     unsigned limit;                /* ?limit */
     char after_ts[IDS_TS_LEN + 1]; /* ?after, decoded: created_at ... */
     char after_id[ID_LEN + 1];     /* ... and id; "" without a cursor */
+    char name[IDS_NAME_MAX + 1];   /* PUT: the sanitized file name */
+    uint64_t expected;             /* PUT: Content-Length, 0 if chunked */
 };
 
 static void run(struct conn *c, struct v1_req *q);
@@ -275,6 +277,11 @@ static enum route_verdict run_route(struct conn *c, struct v1_req *q)
         if (q->route == V1_GET)
             return submit(c, q, read_pool(q->ring), DB_FILE_GET, vals, lens, 2, on_get);
         return submit(c, q, &q->ring->db[0], DB_FILE_DELETE, vals, lens, 2, on_delete);
+    case V1_PUT: {
+        enum route_verdict v = route_upload_begin(c, q->user, q->name, q->expected, q->close);
+        free(q);
+        return v;
+    }
     case V1_LIST:
         vals[0] = q->user;
         lens[0] = (int)strlen(q->user);
@@ -379,16 +386,56 @@ static enum route_verdict authenticate(struct conn *c, const struct http_head *h
     return ROUTE_ANSWERED;
 }
 
+/*
+ * PUT /v1/files/{name}: the door checks (length present, not over
+ * MAX_FILE_SIZE: 413 before a byte of the body is read), then auth, then
+ * route_upload_begin().
+ */
+static enum route_verdict put_head(struct conn *c, const struct http_head *h,
+                                   const struct http_parser *p, struct http_span path, bool close)
+{
+    struct ring *r = conn_ring(c);
+    struct http_span cl;
+    struct v1_req *q;
+
+    if (!http_chunked(p) && !http_header(h, "content-length", &cl)) {
+        route_error(c, h, 411, "length_required",
+                    "A PUT needs Content-Length or Transfer-Encoding: chunked.", true, NULL);
+        return ROUTE_ANSWERED;
+    }
+    if (http_content_length(p) > r->cfg->max_file_size) {
+        route_error(c, h, 413, "too_large", "The file is larger than MAX_FILE_SIZE.", true, NULL);
+        return ROUTE_ANSWERED;
+    }
+    q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        log_oom();
+    q->ring = r;
+    q->conn = conn_ref(c);
+    q->route = V1_PUT;
+    q->close = close;
+    q->expected = http_content_length(p);
+    ids_filename(path.p + 10, path.len - 10, q->name);
+    return authenticate(c, h, q);
+}
+
 enum route_verdict route_v1(struct conn *c, const struct http_head *h, const struct http_parser *p,
-                            bool close)
+                            bool skipped, bool close)
 {
     struct http_span path = http_path(h);
     struct v1_req *q;
     enum v1_route route;
     const char *allow;
     const char *id = NULL;
-
-    (void)p;
+    if (path.len > 10 && memcmp(path.p, "/v1/files/", 10) == 0 && h->method == HTTP_PUT &&
+        memchr(path.p + 10, '/', path.len - 10) == NULL)
+        return put_head(c, h, p, path, close);
+    /* The other routes take no body: skip a small one; past the limit answer and close. */
+    if (!skipped && http_has_body(p)) {
+        if (http_chunked(p) || http_content_length(p) <= CONN_DISCARD_MAX)
+            return ROUTE_SKIP_BODY;
+        close = true;
+    }
     if (span_eq(path, "/v1/files")) {
         route = V1_LIST;
         allow = "Allow: GET, HEAD\r\n";
@@ -397,7 +444,7 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
     } else if (path.len > 10 && memcmp(path.p, "/v1/files/", 10) == 0 &&
                memchr(path.p + 10, '/', path.len - 10) == NULL) {
         id = path.p + 10;
-        allow = "Allow: GET, HEAD, DELETE\r\n";
+        allow = "Allow: GET, HEAD, PUT, DELETE\r\n";
         if (h->method == HTTP_GET || h->method == HTTP_HEAD)
             route = V1_GET;
         else if (h->method == HTTP_DELETE)

@@ -152,17 +152,17 @@ enum route_verdict route_head(struct conn *c, const struct http_head *h,
     struct http_span path = http_path(h);
     bool close = !http_keep_alive(p) || conn_closing(c);
 
+    if (path.len >= 4 && memcmp(path.p, "/v1/", 4) == 0)
+        return route_v1(c, h, p, skipped, close);
     /*
-     * No route of this version takes a body: skip a small one first; past the
-     * skip limit, answer at once and close rather than read it all.
+     * These routes take no body: skip a small one first; past the skip limit,
+     * answer at once and close rather than read it all.
      */
     if (!skipped && http_has_body(p)) {
         if (http_chunked(p) || http_content_length(p) <= CONN_DISCARD_MAX)
             return ROUTE_SKIP_BODY;
         close = true;
     }
-    if (path.len >= 4 && memcmp(path.p, "/v1/", 4) == 0)
-        return route_v1(c, h, p, close);
     if (span_is(path, "/healthz"))
         route_healthz(c, h, close);
     else if (span_is(path, "/metrics"))

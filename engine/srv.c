@@ -14,6 +14,7 @@
 #include "engine/log.h"
 #include "engine/met.h"
 #include "engine/ring.h"
+#include "engine/store.h"
 
 #define VERSION_STRING "0.1.0"
 
@@ -103,6 +104,11 @@ int srv_serve(const struct cfg *cfg)
             /* Not fatal: the server serves what needs no database; queries get 503. */
             log_warn("database host not resolved at start-up", "error=%s", err);
         }
+    }    ret = store_init(cfg);
+    if (ret < 0) {
+        log_error("storage directory unusable", "dir=%s error=%s", cfg->storage_dir,
+                  strerror(-ret));
+        return 1;
     }
     rings = calloc(cfg->workers, sizeof(*rings));
     if (rings == NULL)

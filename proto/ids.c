@@ -118,3 +118,56 @@ int ids_cursor_decode(const char *in, size_t n, char ts[IDS_TS_LEN + 1], char id
     id[IDS_UUID_LEN] = '\0';
     return 0;
 }
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+size_t ids_filename(const char *in, size_t n, char out[IDS_NAME_MAX + 1])
+{
+    size_t o = 0;
+    size_t i;
+    bool dots = true;
+
+    for (i = 0; i < n && o < IDS_NAME_MAX; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch == '%' && i + 2 < n && hexval(in[i + 1]) >= 0 && hexval(in[i + 2]) >= 0) {
+            ch = (unsigned char)(hexval(in[i + 1]) << 4 | hexval(in[i + 2]));
+            i += 2;
+        }
+        if (ch == '/' || ch == '\\' || ch < 0x20 || ch == 0x7f)
+            ch = '_';
+        if (ch != '.')
+            dots = false;
+        out[o++] = (char)ch;
+    }
+    /* Cut back to a UTF-8 boundary: drop a trailing incomplete sequence. */
+    if (o == IDS_NAME_MAX && i < n) {
+        size_t k = o;
+        while (k > 0 && ((unsigned char)out[k - 1] & 0xc0) == 0x80)
+            k--;
+        if (k > 0 && (unsigned char)out[k - 1] >= 0xc0) {
+            unsigned char lead = (unsigned char)out[k - 1];
+            size_t need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
+            if (o - (k - 1) < need)
+                o = k - 1;
+        }
+    }
+    if (o == 0) {
+        memcpy(out, "file", 5);
+        return 4;
+    }
+    if (dots) {
+        out[0] = '_';
+        o = 1;
+    }
+    out[o] = '\0';
+    return o;
+}

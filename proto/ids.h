@@ -37,4 +37,15 @@ int ids_cursor_encode(char out[IDS_CURSOR_MAX], const char *ts, const char *id);
  */
 int ids_cursor_decode(const char *in, size_t n, char ts[IDS_TS_LEN + 1], char id[IDS_UUID_LEN + 1]);
 
+#define IDS_NAME_MAX 255 /* bytes of a stored file name */
+
+/*
+ * A client's file name (a URL path segment) made safe to keep as metadata:
+ * %XX decoded; '/', '\\' and control bytes (0x00-0x1f, 0x7f) become '_'; a
+ * name of dots only becomes "_"; cut to IDS_NAME_MAX bytes without splitting
+ * a UTF-8 sequence; empty becomes "file". Never used as a path. Returns the
+ * length written to out (NUL-terminated).
+ */
+size_t ids_filename(const char *in, size_t n, char out[IDS_NAME_MAX + 1]);
+
 #endif /* PROTO_IDS_H */

@@ -83,7 +83,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 2)
         return 0;
     split = size > 2 ? data[1] % (size - 2 + 1) : 0;
-    switch (data[0] % 3) {
+    switch (data[0] % 4) {
+    case 3: {
+        char name[IDS_NAME_MAX + 1];
+        size_t n = ids_filename((const char *)data + 2, size - 2, name);
+        size_t i;
+        if (n == 0 || n > IDS_NAME_MAX || strlen(name) != n)
+            abort();
+        for (i = 0; i < n; i++)
+            if (name[i] == '/' || name[i] == '\\' || (unsigned char)name[i] < 0x20 ||
+                name[i] == 0x7f)
+                abort();
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+            abort();
+        break;
+    }
     case 0:
         cursor((const char *)data + 2, size - 2);
         cursor((const char *)data + 2, split);

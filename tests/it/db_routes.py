@@ -742,8 +742,8 @@ def t_file_malformed_and_methods(ctx):
         for method, path, allow in (("POST", "/v1/files", ["GET", "HEAD"]),
                                     ("DELETE", "/v1/files", ["GET", "HEAD"]),
                                     ("PATCH", "/v1/files", ["GET", "HEAD"]),
-                                    ("POST", "/v1/files/" + fid, ["DELETE", "GET", "HEAD"]),
-                                    ("PATCH", "/v1/files/" + fid, ["DELETE", "GET", "HEAD"])):
+                                    ("POST", "/v1/files/" + fid, ["DELETE", "GET", "HEAD", "PUT"]),
+                                    ("PATCH", "/v1/files/" + fid, ["DELETE", "GET", "HEAD", "PUT"])):
             r = api(s.port, method, path, tok)
             ctx_of("%s %s" % (method, path), expect_error, r, 405, "method_not_allowed")
             got = r.hall("Allow")

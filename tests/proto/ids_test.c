@@ -79,13 +79,51 @@ static void test_cursor(void **state)
     assert_int_equal(ids_cursor_encode(cur, "2026-11-29 21:02:53", "x"), -EINVAL);
 }
 
+static void expect_name(const char *in, const char *want)
+{
+    char out[IDS_NAME_MAX + 1];
+    size_t n = ids_filename(in, strlen(in), out);
+
+    assert_int_equal(n, strlen(out));
+    assert_string_equal(out, want);
+}
+
+static void test_filename(void **state)
+{
+    char big[600];
+    char out[IDS_NAME_MAX + 1];
+    size_t i;
+    size_t n;
+
+    (void)state;
+    expect_name("photo.jpg", "photo.jpg");
+    expect_name("..%2F..%2Fetc%2Fpasswd", ".._.._etc_passwd");
+    expect_name("a%00b", "a_b");
+    expect_name("%2e%2e", "_");
+    expect_name("..", "_");
+    expect_name(".", "_");
+    expect_name("", "file");
+    expect_name("a\\b", "a_b");
+    expect_name("%zz%4", "%zz%4");
+    expect_name("caf%C3%A9", "caf\xc3\xa9");
+    /* 300 bytes of two-byte UTF-8: cut at 254, never inside a sequence. */
+    for (i = 0; i < 300; i += 2) {
+        big[i] = (char)0xc3;
+        big[i + 1] = (char)0xa9;
+    }
+    n = ids_filename(big, 300, out);
+    assert_int_equal(n, 254);
+    assert_int_equal((unsigned char)out[n - 1], 0xa9);
+    memset(big, 'x', sizeof(big));
+    assert_int_equal(ids_filename(big, sizeof(big), out), IDS_NAME_MAX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_uuid),
-        cmocka_unit_test(test_ts),
-        cmocka_unit_test(test_b64_roundtrip),
-        cmocka_unit_test(test_cursor),
+        cmocka_unit_test(test_uuid),          cmocka_unit_test(test_ts),
+        cmocka_unit_test(test_b64_roundtrip), cmocka_unit_test(test_cursor),
+        cmocka_unit_test(test_filename),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,34 @@
+/*
+ * store: where uploaded bytes live. Files are created nameless (O_TMPFILE) in
+ * STORAGE_DIR and linked to objects/ab/cd/<id> only when complete, so a crash
+ * never leaves a partial file under a final name. The ids are random UUIDs
+ * (122 random bits), never derived from client input.
+ */
+#ifndef ENGINE_STORE_H
+#define ENGINE_STORE_H
+
+#include <stdint.h>
+
+#include "engine/cfg.h"
+
+#define STORE_ID_LEN 36             /* UUID text */
+#define STORE_KEY_MAX 64            /* "objects/ab/cd/<id>" with its NUL */
+#define STORE_RESERVE (16ull << 20) /* free bytes kept beyond an upload's size (507 below) */
+
+/* Create STORAGE_DIR and objects/ if missing, open the directory. Main thread. 0 or -errno. */
+int store_init(const struct cfg *c);
+
+/* The storage directory (an O_DIRECTORY descriptor, for the *at calls). */
+int store_dirfd(void);
+
+/* A fresh random id. */
+void store_new_id(char out[STORE_ID_LEN + 1]);
+
+/* The object's path relative to STORAGE_DIR, and its two shard directories. */
+void store_key(const char *id, char out[STORE_KEY_MAX]);
+void store_shard_dirs(const char *id, char top[16], char sub[16]);
+
+/* Free bytes on the storage filesystem for unprivileged writers, or -errno. */
+int store_free_bytes(uint64_t *out);
+
+#endif /* ENGINE_STORE_H */
