@@ -104,7 +104,8 @@ int srv_serve(const struct cfg *cfg)
             /* Not fatal: the server serves what needs no database; queries get 503. */
             log_warn("database host not resolved at start-up", "error=%s", err);
         }
-    }    ret = store_init(cfg);
+    }
+    ret = store_init(cfg);
     if (ret < 0) {
         log_error("storage directory unusable", "dir=%s error=%s", cfg->storage_dir,
                   strerror(-ret));
