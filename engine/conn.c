@@ -394,6 +394,7 @@ static void start_request(struct conn *c)
     c->done_pending = 0;
     c->takes_body = 0;
     c->body_ended = 0;
+    c->drain_fn = NULL;
     c->held = 0;
     c->held_done = 0;
     c->discard = 0;
@@ -596,6 +597,25 @@ struct io_uring_sqe *conn_op_sqe(struct conn *c, conn_op_fn fn)
     return sqe;
 }
 
+void conn_on_drain(struct conn *c, conn_op_fn fn)
+{
+    if (c->out_bytes <= CONN_OUT_LOW && !c->send_busy) {
+        fn(c, 0);
+        return;
+    }
+    c->drain_fn = fn;
+}
+
+void conn_flush(struct conn *c)
+{
+    flush(c);
+}
+
+uint64_t conn_out_queued(const struct conn *c)
+{
+    return c->out_bytes;
+}
+
 void conn_set_rdata(struct conn *c, void *rdata, void (*free_fn)(void *rdata))
 {
     c->rdata = rdata;
@@ -745,6 +765,13 @@ void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res)
         if (c->out_first == NULL)
             c->out_last = NULL;
         obuf_put(r, o);
+    }
+    if (c->drain_fn != NULL && c->out_bytes <= CONN_OUT_LOW) {
+        conn_op_fn fn = c->drain_fn;
+        c->drain_fn = NULL;
+        fn(c, 0);
+        if (c->state == CONN_CLOSING)
+            return;
     }
     if (c->out_first != NULL) {
         flush(c);

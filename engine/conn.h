@@ -31,6 +31,7 @@ typedef void (*conn_op_fn)(struct conn *c, int res);
 #define CONN_LINGER_MS 2000    /* longest lingering close */
 #define CONN_INPUT_MAX 8       /* queued receive buffers before recv is paused */
 #define CONN_OBUF_SIZE 16384   /* bytes of a standard output buffer */
+#define CONN_OUT_LOW 65536     /* queued output at which a waiting producer is called */
 
 enum conn_state {
     CONN_IDLE,    /* between requests: no request bytes seen */
@@ -71,6 +72,7 @@ struct conn {
     uint8_t body_ended : 1;   /* route_body_end() was called for this request */
     uint32_t held;            /* bytes of in_first the route still reads (a write in flight) */
     conn_op_fn op_fn;         /* completion of the route's file op in flight */
+    conn_op_fn drain_fn;      /* called once when queued output falls to CONN_OUT_LOW */
     void *rdata;              /* route state of the request in progress */
     void (*rdata_free)(void *rdata); /* frees rdata if the connection closes first */
     uint16_t inflight;               /* ops in flight */
@@ -195,6 +197,19 @@ struct io_uring_sqe *conn_op_sqe(struct conn *c, conn_op_fn fn);
  * closes while it is set. A route that finishes clears it (NULL, NULL).
  */
 void conn_set_rdata(struct conn *c, void *rdata, void (*free_fn)(void *rdata));
+
+/*
+ * Call fn(c, 0) once, when the queued output has fallen to CONN_OUT_LOW (at
+ * once if it already has): a producer (a download) fills the output in
+ * steps without letting it grow unbounded.
+ */
+void conn_on_drain(struct conn *c, conn_op_fn fn);
+
+/* Send what is queued now (routes that fill the output outside a request event). */
+void conn_flush(struct conn *c);
+
+/* Bytes queued on the output chain and not yet sent. */
+uint64_t conn_out_queued(const struct conn *c);
 
 /* A route op CQE (ring dispatch). */
 void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res);

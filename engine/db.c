@@ -50,6 +50,9 @@ static const struct {
                                          "$4::bigint[], $5::text[], $6::text[], $7::smallint[])",
                              7},
 #undef INSERT_COLS
+    [DB_FILE_CONTENT] = {"SELECT storage_key, size, name, mime, sha256, status FROM files "
+                         "WHERE id = $1::uuid AND owner = $2",
+                         2},
 #undef FILE_COLS
 };
 

@@ -41,13 +41,15 @@ struct pg_result;
 
 /* The prepared statements; their SQL lives in db.c. */
 enum db_stmt {
-    DB_TOKEN_LOOKUP,     /* $1 token hash (bytea) -> user_name of an unrevoked token */
-    DB_FILE_GET,         /* $1 id, $2 owner -> one file's metadata */
-    DB_FILE_LIST,        /* $1 owner, $2 limit -> newest files */
-    DB_FILE_LIST_AFTER,  /* $1 owner, $2 limit, $3 created_at, $4 id -> files before the cursor */
-    DB_FILE_DELETE,      /* $1 id, $2 owner -> storage_key of the deleted row */
-    DB_FILE_INSERT,      /* one files row: id, owner, name, size, status, storage_key, priority */
+    DB_TOKEN_LOOKUP,    /* $1 token hash (bytea) -> user_name of an unrevoked token */
+    DB_FILE_GET,        /* $1 id, $2 owner -> one file's metadata */
+    DB_FILE_LIST,       /* $1 owner, $2 limit -> newest files */
+    DB_FILE_LIST_AFTER, /* $1 owner, $2 limit, $3 created_at, $4 id -> files before the cursor */
+    DB_FILE_DELETE,     /* $1 id, $2 owner -> storage_key of the deleted row */
+    DB_FILE_INSERT,
+    /* one files row: id, owner, name, size, status, storage_key, priority */
     DB_FILE_INSERT_MANY, /* the same seven columns as arrays: many rows, one statement */
+    DB_FILE_CONTENT,     /* $1 id, $2 owner -> storage_key, size, name, mime, sha256, status */
     DB_STMT__MAX,
 };
 

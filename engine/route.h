@@ -57,6 +57,15 @@ void route_respond(struct conn *c, const struct http_head *h, int status, const 
                    const char *body, size_t body_len, bool head_only, bool close,
                    const char *extra);
 
+#define ROUTE_HEAD_MAX 2048 /* the largest response head (with extra header lines) */
+
+/*
+ * Queue only a response head (the body follows through conn_out_reserve());
+ * marks the request answered and logs it with content_length as its size.
+ */
+void route_respond_head(struct conn *c, const struct http_head *h, int status, const char *ctype,
+                        uint64_t content_length, bool close, const char *extra);
+
 /* An error response with API.md's JSON body {"error":{"code","message"}}. */
 void route_error(struct conn *c, const struct http_head *h, int status, const char *code,
                  const char *message, bool close, const char *extra);
@@ -74,5 +83,14 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
  */
 enum route_verdict route_upload_begin(struct conn *c, const char *user, const char *name,
                                       uint64_t expected, bool close);
+
+/*
+ * Send a stored file (route_download.c) to an authenticated GET/HEAD of
+ * /v1/files/{id}/content: key, size, name, mime (NULL: octet-stream) and
+ * sha256 (NULL until known) come from its row. Honours Range.
+ */
+enum route_verdict route_download_begin(struct conn *c, const char *key, uint64_t size,
+                                        const char *name, const char *mime, const char *sha256,
+                                        bool close);
 
 #endif /* ENGINE_ROUTE_H */

@@ -35,7 +35,7 @@
 #define LIST_MAX 1000   /* largest ?limit */
 #define BEARER "Bearer "
 
-enum v1_route { V1_LIST, V1_GET, V1_DELETE, V1_PUT };
+enum v1_route { V1_LIST, V1_GET, V1_DELETE, V1_PUT, V1_CONTENT };
 
 /* One /v1 request in flight between queries; owned by whichever query carries it. */
 struct v1_req {
@@ -221,6 +221,38 @@ static void on_list(void *ud, uint64_t tag, PGresult *res, int err)
     done(c, q);
 }
 
+static void on_content(void *ud, uint64_t tag, PGresult *res, int err)
+{
+    struct v1_req *q = ud;
+    struct conn *c = requester(q);
+    const char *status;
+
+    (void)tag;
+    if (c == NULL)
+        return;
+    if (err != 0) {
+        unavailable(c, err, q->close);
+        done(c, q);
+        return;
+    }
+    status = PQntuples(res) > 0 ? PQgetvalue(res, 0, 5) : NULL;
+    /* Bytes exist once the upload completed; a rejected file's are not served. */
+    if (status == NULL || strcmp(status, "uploading") == 0 || strcmp(status, "rejected") == 0) {
+        route_error(c, conn_head(c), 404, "not_found", "No such file.", q->close, NULL);
+        done(c, q);
+        return;
+    }
+    if (route_download_begin(
+            c, PQgetvalue(res, 0, 0), strtoull(PQgetvalue(res, 0, 1), NULL, 10),
+            PQgetvalue(res, 0, 2), PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3),
+            PQgetisnull(res, 0, 4) ? NULL : PQgetvalue(res, 0, 4), q->close) == ROUTE_ANSWERED) {
+        done(c, q);
+        return;
+    }
+    /* The download resumes the connection when it has sent everything. */
+    free(q);
+}
+
 static void on_delete(void *ud, uint64_t tag, PGresult *res, int err)
 {
     struct v1_req *q = ud;
@@ -270,10 +302,13 @@ static enum route_verdict run_route(struct conn *c, struct v1_req *q)
     switch (q->route) {
     case V1_GET:
     case V1_DELETE:
+    case V1_CONTENT:
         vals[0] = q->id;
         lens[0] = ID_LEN;
         vals[1] = q->user;
         lens[1] = (int)strlen(q->user);
+        if (q->route == V1_CONTENT)
+            return submit(c, q, read_pool(q->ring), DB_FILE_CONTENT, vals, lens, 2, on_content);
         if (q->route == V1_GET)
             return submit(c, q, read_pool(q->ring), DB_FILE_GET, vals, lens, 2, on_get);
         return submit(c, q, &q->ring->db[0], DB_FILE_DELETE, vals, lens, 2, on_delete);
@@ -436,7 +471,14 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
             return ROUTE_SKIP_BODY;
         close = true;
     }
-    if (span_eq(path, "/v1/files")) {
+    if (path.len == 10 + ID_LEN + 8 && memcmp(path.p, "/v1/files/", 10) == 0 &&
+        memcmp(path.p + 10 + ID_LEN, "/content", 8) == 0) {
+        id = path.p + 10;
+        route = V1_CONTENT;
+        allow = "Allow: GET, HEAD\r\n";
+        if (h->method != HTTP_GET && h->method != HTTP_HEAD)
+            goto out_method;
+    } else if (span_eq(path, "/v1/files")) {
         route = V1_LIST;
         allow = "Allow: GET, HEAD\r\n";
         if (h->method != HTTP_GET && h->method != HTTP_HEAD)
@@ -464,7 +506,7 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
     q->route = route;
     q->close = close;
     if (id != NULL) {
-        size_t n = path.len - 10;
+        size_t n = route == V1_CONTENT ? ID_LEN : path.len - 10;
         if (!ids_uuid_ok(id, n)) {
             /* Not an id this server hands out: no such file (after auth, below). */
             memset(q->id, 0, sizeof(q->id));

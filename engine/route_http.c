@@ -73,6 +73,30 @@ void route_respond(struct conn *c, const struct http_head *h, int status, const 
     access_log(c, h, status, (size_t)n + send_body);
 }
 
+void route_respond_head(struct conn *c, const struct http_head *h, int status, const char *ctype,
+                        uint64_t content_length, bool close, const char *extra)
+{
+    struct http_resp r = {
+        .status = status,
+        .content_type = ctype,
+        .content_length = content_length,
+        .close = close || conn_closing(c),
+        .date = conn_date(c),
+        .extra = extra,
+    };
+    char *out = conn_out_reserve(c, ROUTE_HEAD_MAX);
+    ssize_t n = http_write_head(out, ROUTE_HEAD_MAX, &r);
+
+    if (n < 0)
+        abort(); /* ROUTE_HEAD_MAX covers every head this server writes */
+    conn_out_commit(c, (size_t)n);
+    if (r.close)
+        conn_close_after(c);
+    conn_answered(c, status);
+    access_log(c, h, status,
+               (size_t)n + (h != NULL && h->method == HTTP_HEAD ? 0 : content_length));
+}
+
 void route_error(struct conn *c, const struct http_head *h, int status, const char *code,
                  const char *message, bool close, const char *extra)
 {

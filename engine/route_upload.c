@@ -112,10 +112,7 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     const struct http_head *h = conn_head(c);
     struct io_uring_sqe *sqe;
     struct upload *u;
-    uint64_t avail = 0;
-    uint64_t need = expected;
-
-    if (store_free_bytes(&avail) == 0 && avail < need + STORE_RESERVE) {
+    if (!store_fits(expected)) {
         route_error(c, h, 507, "insufficient_storage", "The storage is too full for this file.",
                     true, "Retry-After: 5\r\n");
         return ROUTE_ANSWERED;

@@ -99,3 +99,18 @@ int store_free_bytes(uint64_t *out)
     *out = (uint64_t)st.f_bavail * st.f_frsize;
     return 0;
 }
+
+bool store_fits(uint64_t need)
+{
+    struct statvfs st;
+    uint64_t avail;
+    uint64_t floor;
+
+    if (fstatvfs(dirfd_, &st) < 0)
+        return true;
+    avail = (uint64_t)st.f_bavail * st.f_frsize;
+    floor = (uint64_t)st.f_blocks * st.f_frsize / 20;
+    if (floor > STORE_RESERVE)
+        floor = STORE_RESERVE;
+    return avail >= need && avail - need >= floor;
+}

@@ -7,13 +7,14 @@
 #ifndef ENGINE_STORE_H
 #define ENGINE_STORE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "engine/cfg.h"
 
 #define STORE_ID_LEN 36             /* UUID text */
 #define STORE_KEY_MAX 64            /* "objects/ab/cd/<id>" with its NUL */
-#define STORE_RESERVE (16ull << 20) /* free bytes kept beyond an upload's size (507 below) */
+#define STORE_RESERVE (16ull << 20) /* free bytes kept beyond an upload (at most 5 % of the fs) */
 
 /* Create STORAGE_DIR and objects/ if missing, open the directory. Main thread. 0 or -errno. */
 int store_init(const struct cfg *c);
@@ -30,5 +31,12 @@ void store_shard_dirs(const char *id, char top[16], char sub[16]);
 
 /* Free bytes on the storage filesystem for unprivileged writers, or -errno. */
 int store_free_bytes(uint64_t *out);
+
+/*
+ * Whether an upload of need bytes fits while keeping the floor free:
+ * STORE_RESERVE, or 5 % of the filesystem when that is smaller (small disks).
+ * True when the space cannot be read (the write itself will tell).
+ */
+bool store_fits(uint64_t need);
 
 #endif /* ENGINE_STORE_H */

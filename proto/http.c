@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 /* Copy a head fragment to the end of the head storage. */
@@ -411,6 +412,62 @@ bool http_query_param(const struct http_head *h, const char *key, struct http_sp
         q = stop + 1;
     }
     return false;
+}
+
+/* Decimal digits at *p (advanced past them); false if none or overflow. */
+static bool range_num(const char **p, const char *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    const char *s = *p;
+
+    while (*p < end && **p >= '0' && **p <= '9') {
+        if (v > (UINT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(**p - '0');
+        (*p)++;
+    }
+    *out = v;
+    return *p > s;
+}
+
+int http_range(const char *v, size_t n, uint64_t size, uint64_t *first, uint64_t *last)
+{
+    const char *p = v;
+    const char *end = v + n;
+    uint64_t a = 0;
+    uint64_t b = 0;
+    bool has_a;
+    bool has_b;
+
+    if (n < 6 || strncasecmp(v, "bytes=", 6) != 0)
+        return -ENOENT;
+    p += 6;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    has_a = range_num(&p, end, &a);
+    if (p >= end || *p != '-')
+        return -ENOENT;
+    p++;
+    has_b = range_num(&p, end, &b);
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    if (p != end || (!has_a && !has_b))
+        return -ENOENT; /* several ranges, or garbage: serve it all */
+    if (!has_a) {
+        /* The last b bytes. */
+        if (b == 0 || size == 0)
+            return -ERANGE;
+        *first = b >= size ? 0 : size - b;
+        *last = size - 1;
+        return 0;
+    }
+    if (has_b && b < a)
+        return -ENOENT;
+    if (a >= size)
+        return -ERANGE;
+    *first = a;
+    *last = !has_b || b >= size ? size - 1 : b;
+    return 0;
 }
 
 const char *http_method_name(const struct http_head *h)

@@ -125,6 +125,15 @@ struct http_span http_path(const struct http_head *h);
  */
 bool http_query_param(const struct http_head *h, const char *key, struct http_span *val);
 
+/*
+ * A Range header value against a resource of size bytes: one range of the
+ * "bytes" unit ("a-b", "a-", "-n"). Returns 0 with [*first, *last]
+ * (inclusive), -ERANGE when it cannot be satisfied (416), or -ENOENT when the
+ * header is to be ignored (another unit, several ranges, malformed: RFC 9110
+ * lets a server serve the whole resource then).
+ */
+int http_range(const char *v, size_t n, uint64_t size, uint64_t *first, uint64_t *last);
+
 /* The method's name ("GET"). */
 const char *http_method_name(const struct http_head *h);
 

@@ -1223,6 +1223,8 @@ db_cli.register(test)
 import db_routes  # noqa: E402
 
 db_routes.register(test)
+import uploads  # noqa: E402
+uploads.register(test)
 
 
 # ==========================================================================

@@ -1119,6 +1119,41 @@ static void test_reason(void **state)
     assert_string_equal(http_reason(999), "Unknown");
 }
 
+/* One Range header against a size: the verdict and, when satisfiable, the bytes. */
+static void expect_range(const char *v, uint64_t size, int want, uint64_t f, uint64_t l)
+{
+    uint64_t first = 77;
+    uint64_t last = 77;
+    int r = http_range(v, strlen(v), size, &first, &last);
+
+    assert_int_equal(r, want);
+    if (want == 0) {
+        assert_true(first == f);
+        assert_true(last == l);
+    }
+}
+
+static void test_range(void **state)
+{
+    (void)state;
+    expect_range("bytes=0-99", 1000, 0, 0, 99);
+    expect_range("bytes=100-", 1000, 0, 100, 999);
+    expect_range("bytes=-100", 1000, 0, 900, 999);
+    expect_range("bytes=-5000", 1000, 0, 0, 999);
+    expect_range("bytes=990-5000", 1000, 0, 990, 999);
+    expect_range("BYTES=1-1", 1000, 0, 1, 1);
+    expect_range("bytes=1000-", 1000, -ERANGE, 0, 0);
+    expect_range("bytes=-0", 1000, -ERANGE, 0, 0);
+    expect_range("bytes=0-0", 0, -ERANGE, 0, 0);
+    expect_range("bytes=5-1", 1000, -ENOENT, 0, 0);
+    expect_range("bytes=0-1,5-6", 1000, -ENOENT, 0, 0);
+    expect_range("items=0-1", 1000, -ENOENT, 0, 0);
+    expect_range("bytes=", 1000, -ENOENT, 0, 0);
+    expect_range("bytes=-", 1000, -ENOENT, 0, 0);
+    expect_range("bytes=99999999999999999999-", 1000, -ENOENT, 0, 0);
+    expect_range("bytes=x-1", 1000, -ENOENT, 0, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1149,6 +1184,7 @@ int main(void)
         cmocka_unit_test(test_write_head),
         cmocka_unit_test(test_format_date),
         cmocka_unit_test(test_reason),
+        cmocka_unit_test(test_range),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

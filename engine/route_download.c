@@ -1,0 +1,195 @@
+/*
+ * route_download: GET/HEAD /v1/files/{id}/content. The file is opened
+ * through the ring and read in steps into the connection's output, never
+ * more than CONN_OUT_LOW ahead of what the client has taken (conn_on_drain),
+ * so a slow reader holds one chunk of memory, not the file.
+ */
+#include "engine/route.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#include "engine/conn.h"
+#include "engine/log.h"
+#include "engine/store.h"
+
+#define DL_CHUNK 65536 /* bytes read per step */
+#define DL_EXTRA_MAX 1536
+
+struct download {
+    int fd;          /* the stored file, -1 before it is open */
+    int status;      /* 200 or 206 */
+    bool close;      /* the response closes the connection */
+    uint64_t pos;    /* next byte to read */
+    uint64_t end;    /* one past the last byte to send */
+    char *buf;       /* output space the read in flight fills */
+    char ctype[160]; /* Content-Type */
+    char key[STORE_KEY_MAX];
+    char extra[DL_EXTRA_MAX]; /* ETag, Content-Range, Content-Disposition, ... */
+};
+
+static void dl_free(void *p)
+{
+    struct download *d = p;
+
+    if (d->fd >= 0)
+        close(d->fd);
+    free(d);
+}
+
+/* Everything sent (or queued): the request is over. */
+static void finish(struct conn *c, struct download *d)
+{
+    conn_set_rdata(c, NULL, NULL);
+    dl_free(d);
+    conn_resume(c);
+}
+
+/* The name as an ASCII-only quoted-string fallback and an RFC 5987 filename*. */
+static size_t disposition(char *out, size_t cap, const char *name)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char ascii[255 + 1];
+    char enc[3 * 255 + 1];
+    size_t a = 0;
+    size_t e = 0;
+    const unsigned char *p;
+    int n;
+
+    for (p = (const unsigned char *)name; *p != '\0' && a < sizeof(ascii) - 1; p++)
+        ascii[a++] = (*p < 0x20 || *p >= 0x7f || *p == '"' || *p == '\\') ? '_' : (char)*p;
+    ascii[a] = '\0';
+    for (p = (const unsigned char *)name; *p != '\0' && e < sizeof(enc) - 4; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+            *p == '.' || *p == '-' || *p == '_' || *p == '~') {
+            enc[e++] = (char)*p;
+        } else {
+            enc[e++] = '%';
+            enc[e++] = hex[*p >> 4];
+            enc[e++] = hex[*p & 15];
+        }
+    }
+    enc[e] = '\0';
+    n = snprintf(out, cap,
+                 "Content-Disposition: attachment; filename=\"%s\"; filename*=UTF-8''%s\r\n", ascii,
+                 enc);
+    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
+}
+
+static void on_read(struct conn *c, int res);
+
+/* Read the next step into the output, once the client has taken enough. */
+static void pump(struct conn *c, int res)
+{
+    struct download *d = c->rdata;
+    struct io_uring_sqe *sqe;
+    uint64_t want = d->end - d->pos;
+
+    (void)res;
+    if (want > DL_CHUNK)
+        want = DL_CHUNK;
+    d->buf = conn_out_reserve(c, (size_t)want);
+    sqe = conn_op_sqe(c, on_read);
+    io_uring_prep_read(sqe, d->fd, d->buf, (unsigned)want, d->pos);
+}
+
+static void on_read(struct conn *c, int res)
+{
+    struct download *d = c->rdata;
+
+    if (res <= 0) {
+        /* The head is out: all that is left is to cut the response short. */
+        log_error("download read failed", "key=%s error=%s", d->key,
+                  res == 0 ? "file shorter than its row" : strerror(-res));
+        conn_set_rdata(c, NULL, NULL);
+        dl_free(d);
+        conn_close(c);
+        return;
+    }
+    conn_out_commit(c, (size_t)res);
+    d->pos += (uint64_t)res;
+    conn_flush(c);
+    if (d->pos >= d->end) {
+        finish(c, d);
+        return;
+    }
+    conn_on_drain(c, pump);
+}
+
+static void on_open(struct conn *c, int res)
+{
+    struct download *d = c->rdata;
+    const struct http_head *h = conn_head(c);
+
+    if (res < 0) {
+        bool close = d->close;
+        log_error("stored file missing", "key=%s error=%s", d->key, strerror(-res));
+        conn_set_rdata(c, NULL, NULL);
+        dl_free(d);
+        route_error(c, h, res == -ENOENT ? 404 : 500,
+                    res == -ENOENT ? "not_found" : "internal_error",
+                    res == -ENOENT ? "No such file." : "The file cannot be read.", close, NULL);
+        conn_resume(c);
+        return;
+    }
+    d->fd = res;
+    route_respond_head(c, h, d->status, d->ctype, d->end - d->pos, d->close, d->extra);
+    if (h->method == HTTP_HEAD || d->pos >= d->end) {
+        finish(c, d);
+        return;
+    }
+    pump(c, 0);
+}
+
+enum route_verdict route_download_begin(struct conn *c, const char *key, uint64_t size,
+                                        const char *name, const char *mime, const char *sha256,
+                                        bool close)
+{
+    const struct http_head *h = conn_head(c);
+    struct io_uring_sqe *sqe;
+    struct download *d;
+    struct http_span range;
+    uint64_t first = 0;
+    uint64_t last = size > 0 ? size - 1 : 0;
+    size_t x = 0;
+    int r = -ENOENT;
+
+    if (http_header(h, "range", &range))
+        r = http_range(range.p, range.len, size, &first, &last);
+    if (r == -ERANGE) {
+        char extra[64];
+        snprintf(extra, sizeof(extra), "Content-Range: bytes */%llu\r\n", (unsigned long long)size);
+        route_error(c, h, 416, "range_not_satisfiable", "The range is outside the file.", close,
+                    extra);
+        return ROUTE_ANSWERED;
+    }
+    d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        log_oom();
+    d->fd = -1;
+    d->close = close;
+    d->status = r == 0 ? 206 : 200;
+    d->pos = r == 0 ? first : 0;
+    d->end = r == 0 ? last + 1 : size;
+    snprintf(d->key, sizeof(d->key), "%s", key);
+    snprintf(d->ctype, sizeof(d->ctype), "%s", mime != NULL ? mime : "application/octet-stream");
+    x += (size_t)snprintf(d->extra + x, sizeof(d->extra) - x,
+                          "Accept-Ranges: bytes\r\nCache-Control: private, max-age=3600\r\n");
+    if (sha256 != NULL)
+        x += (size_t)snprintf(d->extra + x, sizeof(d->extra) - x, "ETag: \"%s\"\r\n", sha256);
+    if (r == 0)
+        x += (size_t)snprintf(d->extra + x, sizeof(d->extra) - x,
+                              "Content-Range: bytes %llu-%llu/%llu\r\n", (unsigned long long)first,
+                              (unsigned long long)last, (unsigned long long)size);
+    disposition(d->extra + x, sizeof(d->extra) - x, name);
+    conn_set_rdata(c, d, dl_free);
+    sqe = conn_op_sqe(c, on_open);
+    io_uring_prep_openat(sqe, store_dirfd(), d->key, O_RDONLY | O_CLOEXEC, 0);
+    return ROUTE_PENDING;
+}

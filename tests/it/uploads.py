@@ -1,0 +1,1159 @@
+"""Integration tests of PUT /v1/files/{name} (the raw-body upload path).
+
+Every test makes its own database (through db_routes.TestDb), its own storage
+directory (a fresh temporary directory passed with --storage-dir) and its own
+user and token (`ringup token create --user NAME`). After its uploads a test
+checks three places against each other: the 201 answers, the rows of the
+files table, and the tree under STORAGE_DIR/objects, which must hold exactly
+the files of the 201 answers, each at objects/<id[0:2]>/<id[2:4]>/<id> with
+the bytes that were sent (compared by SHA-256). Nothing may appear outside
+objects/, and no aborted upload may leave a file, a row, or an open
+descriptor of a deleted (O_TMPFILE) file in the server.
+
+The disk-full test mounts a small tmpfs and runs only as root; it is reported
+as skipped otherwise.
+
+run.py hands its @test decorator to register(); nothing runs at import.
+Only the Python standard library is used; all traffic goes to 127.0.0.1.
+"""
+
+import hashlib
+import os
+import re
+import select
+import socket
+import struct
+import subprocess
+import threading
+import time
+import urllib.parse
+
+import db_routes
+import harness
+from harness import (HOST, Conn, Fail, expect, expect_close_header, expect_eq, expect_error,
+                     expect_json_type, expect_no_close_header, expect_status, request, short)
+
+KIB = 1024
+MIB = 1024 * 1024
+DEFAULT_MAX = 10485760  # MAX_FILE_SIZE's default
+PIECE = 256 * KIB       # bytes per send() when a body is sent in pieces
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Statuses a fresh upload's row may show: 'queued', or later ones once a job picked it up.
+ROW_STATUSES = ("queued", "processing", "ready")
+# Rate limits out of the way: these tests measure the upload path, not the limiter.
+NO_LIMITS = ("--upload-rate-limit", 1000000000, "--global-rate-limit", 1000000000)
+
+_TESTS = []
+_SEQ = [0]
+
+
+def register(test):
+    """Registers this module's tests with run.py's @test decorator."""
+    for name, fn, graceful in _TESTS:
+        test(name, graceful)(fn)
+
+
+def _test(name, graceful=False):
+    def deco(fn):
+        _TESTS.append((name, fn, graceful))
+        return fn
+    return deco
+
+
+def is_root():
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+# ==========================================================================
+# names: the sanitization rule of PUT /v1/files/{name}
+
+
+def sanitize(segment):
+    """The stored name for a raw (percent-encoded) last path segment: percent-decoded;
+    '/', '\\' and control characters (0x00-0x1f, 0x7f) become '_'; "." or ".." becomes
+    "_"; cut to at most 255 bytes without splitting a UTF-8 sequence; "" becomes "file"."""
+    raw = urllib.parse.unquote_to_bytes(segment)
+    out = bytearray()
+    for b in raw:
+        out.append(0x5F if b in (0x2F, 0x5C) or b < 0x20 or b == 0x7F else b)
+    if bytes(out) in (b".", b".."):
+        out = bytearray(b"_")
+    if len(out) > 255:
+        n = 255
+        while n > 0 and (out[n] & 0xC0) == 0x80:  # out[n] continues a sequence: back up
+            n -= 1
+        out = out[:n]
+    if not out:
+        out = bytearray(b"file")
+    return bytes(out).decode("utf-8")
+
+
+# ==========================================================================
+# request helpers
+
+
+def chunk_body(data, sizes=(4096,)):
+    """data in Transfer-Encoding: chunked framing, chunk sizes cycling through sizes."""
+    out, i, k = [], 0, 0
+    while i < len(data):
+        n = sizes[k % len(sizes)]
+        k += 1
+        part = data[i:i + n]
+        i += len(part)
+        out.append(b"%x\r\n" % len(part) + part + b"\r\n")
+    out.append(b"0\r\n\r\n")
+    return b"".join(out)
+
+
+def answered(c):
+    """True when the server sent something (or closed) on c: readable without waiting."""
+    if c.buf:
+        return True
+    r, _, _ = select.select([c.sock], [], [], 0)
+    return bool(r)
+
+
+def send_body(c, data, piece=PIECE, pause=0.0, timeout=30.0, stop_on_answer=True):
+    """Sends data in pieces. Stops early when the server answers or closes.
+    Returns (bytes sent, 'all' | 'answered' | 'closed')."""
+    sent = 0
+    mv = memoryview(data)
+    while sent < len(data):
+        if stop_on_answer and answered(c):
+            return sent, "answered"
+        n = min(piece, len(data) - sent)
+        if not c.try_send(bytes(mv[sent:sent + n]), timeout):
+            return sent, "closed"
+        sent += n
+        if pause:
+            time.sleep(pause)
+    return sent, "all"
+
+
+def put_head(segment, token, length=None, chunked=False, headers=()):
+    hs = []
+    if token is not None:
+        hs.append(("Authorization", "Bearer " + token))
+    if chunked:
+        hs.append(("Transfer-Encoding", "chunked"))
+    elif length is not None:
+        hs.append(("Content-Length", str(length)))
+    hs += list(headers)
+    return request("PUT", "/v1/files/" + segment, hs)
+
+
+def describe_put(segment, length, chunked, headers=()):
+    what = "PUT /v1/files/%s" % short(segment, 80)[1:-1]
+    if chunked:
+        what += " (chunked, %d body bytes)" % length
+    elif length is not None:
+        what += " (Content-Length: %d)" % length
+    else:
+        what += " (no Content-Length)"
+    if headers:
+        what += " with %s" % ", ".join("%s: %s" % h for h in headers)
+    return what
+
+
+def put(port, segment, body, token, chunk_sizes=None, headers=(), timeout=30.0,
+        length=None, pause=0.0):
+    """One PUT on a new connection. The body is sent in pieces; sending stops when the
+    server answers early. Returns the response; resp.sent is the count of body bytes
+    (framing included) that went out, resp.what describes the request."""
+    chunked = chunk_sizes is not None
+    payload = chunk_body(body, chunk_sizes) if chunked else body
+    n = len(body) if length is None else length
+    what = describe_put(segment, n, chunked, headers)
+    c = Conn(port, timeout=timeout)
+    try:
+        c.send(put_head(segment, token, None if chunked else n, chunked, headers))
+        sent, why = send_body(c, payload, pause=pause, timeout=timeout)
+        try:
+            resp = c.read_response(timeout=timeout, what="the response to " + what)
+        except Fail as e:
+            raise Fail("%s: %s" % (what, e.summary),
+                       "body bytes sent before that: %d of %d (%s)" % (sent, len(payload), why),
+                       *e.details)
+    finally:
+        c.close()
+    resp.sent, resp.what = sent, what
+    return resp
+
+
+def error_of(resp, status, code, what):
+    try:
+        expect_error(resp, status, code)
+    except Fail as e:
+        raise Fail("%s: %s" % (what, e.summary), *e.details)
+
+
+# ==========================================================================
+# one test's database, storage, user and server
+
+
+class Env:
+    """A database's user and token, a storage directory, and a server on both."""
+
+    def __init__(self, ctx, db, *args, workers=2, storage=None):
+        self.ctx, self.db = ctx, db
+        _SEQ[0] += 1
+        self.user = "up%d_%d_%s" % (os.getpid(), _SEQ[0], os.urandom(3).hex())
+        self.token = db.token(self.user)
+        if storage is None:
+            self.base = harness.tmpdir()
+            self.storage = os.path.join(self.base, "store")
+            os.mkdir(self.storage)
+        else:
+            self.base = None
+            self.storage = storage
+        self.args = list(args)
+        self.workers = workers
+        self.ids = set()      # ids of 201 answers
+        self.bodies = {}      # id -> (sha256 hex, size)
+        self.server = None
+        self.start()
+
+    def start(self):
+        self.server = db_routes.db_server(self.ctx, self.db, "--storage-dir", self.storage,
+                                          *(list(NO_LIMITS) + self.args),
+                                          workers=self.workers)
+        return self.server
+
+    @property
+    def port(self):
+        return self.server.port
+
+    # -- requests
+
+    def put(self, segment, body, **kw):
+        kw.setdefault("token", self.token)
+        token = kw.pop("token")
+        return put(self.port, segment, body, token, **kw)
+
+    def accept(self, resp, body, segment, what=None):
+        """Checks a 201 answer to a PUT of body under segment; returns its JSON document
+        and records its id."""
+        what = what or getattr(resp, "what", "PUT /v1/files/" + segment)
+        name = sanitize(segment)
+        try:
+            expect_status(resp, 201)
+            expect_json_type(resp)
+            doc = resp.json()
+        except Fail as e:
+            raise Fail("%s: %s" % (what, e.summary), *e.details)
+        expect(isinstance(doc, dict) and sorted(doc) == ["id", "name", "size", "status"],
+               "%s: 201 body must be exactly {id, name, size, status}" % what,
+               '{"id","name","size","status":"queued"}', short(resp.body, 300))
+        fid = doc["id"]
+        expect(isinstance(fid, str) and UUID_RE.match(fid),
+               "%s: id must be a lowercase UUID" % what, "xxxxxxxx-xxxx-...", repr(fid))
+        expect(fid not in self.ids, "%s: id repeats an earlier upload's id" % what,
+               "a new id", fid)
+        expect_eq("%s: name in the 201 body" % what, name, doc["name"])
+        expect(type(doc["size"]) is int and doc["size"] == len(body),
+               "%s: size in the 201 body" % what, "%d (a JSON integer)" % len(body),
+               repr(doc["size"]))
+        expect_eq("%s: status in the 201 body" % what, "queued", doc["status"])
+        loc = resp.hall("Location")
+        expect(loc == ["/v1/files/" + fid], "%s: Location header" % what,
+               "Location: /v1/files/%s" % fid, repr(loc))
+        self.ids.add(fid)
+        self.bodies[fid] = (hashlib.sha256(body).hexdigest(), len(body))
+        return doc
+
+    def put_ok(self, segment, body, check_get=True, **kw):
+        resp = self.put(segment, body, **kw)
+        doc = self.accept(resp, body, segment)
+        self.check_stored(doc["id"], body, sanitize(segment), what=resp.what,
+                          check_get=check_get)
+        return doc
+
+    # -- state
+
+    def key(self, fid):
+        return "objects/%s/%s/%s" % (fid[0:2], fid[2:4], fid)
+
+    def rows(self):
+        """id -> {owner, name, size, status, storage_key} of every row in files."""
+        out = {}
+        for r in self.db.sql("select id, owner, encode(convert_to(name, 'UTF8'), 'hex'), "
+                             "size, status, storage_key from files order by id"):
+            expect(len(r) == 6, "unexpected psql output for the files rows", "6 fields",
+                   repr(r))
+            out[r[0]] = {"owner": r[1], "name": bytes.fromhex(r[2]).decode("utf-8", "replace"),
+                         "size": int(r[3]), "status": r[4], "storage_key": r[5]}
+        return out
+
+    def check_stored(self, fid, body, name, what="upload", check_get=True, rows=None):
+        """The row, the file's bytes and (check_get) GET /v1/files/{id} of one upload."""
+        rows = self.rows() if rows is None else rows
+        row = rows.get(fid)
+        expect(row is not None, "%s: no row in files for the 201's id" % what,
+               "a row with id %s" % fid, "%d rows: %s" % (len(rows), short(sorted(rows), 200)))
+        want = {"owner": self.user, "name": name, "size": len(body),
+                "storage_key": self.key(fid)}
+        got = {k: row[k] for k in want}
+        expect_eq("%s: files row (owner, name, size, storage_key)" % what, want, got)
+        expect(row["status"] in ROW_STATUSES, "%s: files row status" % what,
+               "queued (or a later job state)", repr(row["status"]))
+        path = os.path.join(self.storage, self.key(fid))
+        expect(os.path.isfile(path) and not os.path.islink(path),
+               "%s: no stored file at STORAGE_DIR/%s" % (what, self.key(fid)),
+               "a regular file", "missing" if not os.path.lexists(path) else "not a plain file")
+        with open(path, "rb") as f:
+            data = f.read()
+        if data != body:
+            raise Fail("%s: stored bytes differ from the bytes sent" % what,
+                       "expected: %d bytes, sha256 %s" % (len(body),
+                                                          hashlib.sha256(body).hexdigest()),
+                       "got:      %d bytes, sha256 %s" % (len(data),
+                                                          hashlib.sha256(data).hexdigest()),
+                       "first difference at byte %d" % first_diff(body, data))
+        if check_get:
+            r = db_routes.api(self.port, "GET", "/v1/files/" + fid, self.token)
+            doc = db_routes.ok_json(r, "GET /v1/files/%s after %s" % (fid, what))
+            db_routes.check_shape(doc, "GET /v1/files/%s" % fid)
+            got = {k: doc.get(k) for k in ("id", "name", "size")}
+            expect_eq("GET /v1/files/%s: id, name, size" % fid,
+                      {"id": fid, "name": name, "size": len(body)}, got)
+            expect(doc["status"] in ROW_STATUSES, "GET /v1/files/%s: status" % fid,
+                   "queued (or a later job state)", repr(doc["status"]))
+
+    def tree(self):
+        """(files under objects/ as paths relative to STORAGE_DIR, other entries that are
+        not directories anywhere under STORAGE_DIR)."""
+        objects, others = [], []
+        for root, dirs, files in os.walk(self.storage):
+            rel_root = os.path.relpath(root, self.storage)
+            for d in dirs:
+                p = os.path.join(root, d)
+                if os.path.islink(p):
+                    others.append(os.path.normpath(os.path.join(rel_root, d)) + " (symlink)")
+            for f in files:
+                rel = os.path.normpath(os.path.join(rel_root, f))
+                if rel.startswith("objects/") and not os.path.islink(os.path.join(root, f)):
+                    objects.append(rel)
+                else:
+                    others.append(rel)
+        return sorted(objects), sorted(others)
+
+    def check_tree(self, want_ids=None, what="the storage tree"):
+        """objects/ holds exactly the files of want_ids (default: every 201 so far), each
+        at its key and complete; nothing else exists under STORAGE_DIR or beside it."""
+        want_ids = self.ids if want_ids is None else set(want_ids)
+        objects, others = self.tree()
+        expect(not others, "%s: entries outside objects/ (or not plain files)" % what,
+               "none", short(others, 600))
+        want = sorted(self.key(i) for i in want_ids)
+        if objects != want:
+            extra = sorted(set(objects) - set(want))
+            missing = sorted(set(want) - set(objects))
+            details = ["expected: %d files (one per 201)" % len(want),
+                       "got:      %d files" % len(objects)]
+            if extra:
+                details.append("unexpected: %s" % short(extra, 600))
+                for p in extra[:3]:
+                    try:
+                        details.append("  %s: %d bytes" % (p, os.path.getsize(
+                            os.path.join(self.storage, p))))
+                    except OSError:
+                        pass
+            if missing:
+                details.append("missing: %s" % short(missing, 600))
+            raise Fail("%s: files under objects/ do not match the 201 answers" % what,
+                       *details)
+        for fid in want_ids:
+            if fid in self.bodies:
+                digest, size = self.bodies[fid]
+                p = os.path.join(self.storage, self.key(fid))
+                got_size = os.path.getsize(p)
+                expect(got_size == size, "%s: size of %s" % (what, self.key(fid)), size,
+                       got_size)
+                with open(p, "rb") as f:
+                    got = hashlib.sha256(f.read()).hexdigest()
+                expect_eq("%s: sha256 of %s" % (what, self.key(fid)), digest, got)
+        if self.base is not None:
+            beside = sorted(os.listdir(self.base))
+            expect(beside == ["store"], "%s: entries beside STORAGE_DIR" % what, "['store']",
+                   repr(beside))
+
+    def check_rows(self, want_ids=None, what="files rows"):
+        want_ids = self.ids if want_ids is None else set(want_ids)
+        got = set(self.rows())
+        if got != set(want_ids):
+            raise Fail("%s: rows do not match the 201 answers" % what,
+                       "expected: %d rows (one per 201)" % len(want_ids),
+                       "got:      %d rows" % len(got),
+                       "rows without a 201: %s" % short(sorted(got - set(want_ids)), 400),
+                       "201s without a row: %s" % short(sorted(set(want_ids) - got), 400))
+
+    def deleted_fds(self):
+        """The server's open descriptors of deleted files under STORAGE_DIR (an
+        O_TMPFILE shows as '<dir>/#<inode> (deleted)')."""
+        out = []
+        d = "/proc/%d/fd" % self.server.proc.pid
+        real = os.path.realpath(self.storage)
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return out
+        for n in names:
+            try:
+                t = os.readlink(os.path.join(d, n))
+            except OSError:
+                continue
+            if t.startswith(real + "/") and t.endswith(" (deleted)"):
+                out.append("fd %s -> %s" % (n, t))
+        return out
+
+    def settle(self, want_ids=None, what="after the aborted uploads", seconds=3.0):
+        """Waits (bounded) until the tree, the rows and the descriptors show no trace of
+        anything but want_ids; then checks them once more and fails with details."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self.check_tree(want_ids, what)
+                self.check_rows(want_ids, what)
+                if not self.deleted_fds():
+                    break
+            except Fail:
+                pass
+            time.sleep(0.2)
+        self.check_tree(want_ids, what)
+        self.check_rows(want_ids, what)
+        fds = self.deleted_fds()
+        expect(not fds, "%s: the server still holds descriptors of unfinished files" % what,
+               "none %.0f s later" % seconds, short(fds, 600))
+
+    def still_serving(self, what):
+        try:
+            r = harness.http_get(self.port, "/healthz")
+        except (Fail, OSError) as e:
+            raise Fail("%s: the server no longer serves GET /healthz" % what,
+                       "error: %s" % (e.summary if isinstance(e, Fail) else repr(e)))
+        try:
+            expect_status(r, 200)
+        except Fail as e:
+            raise Fail("%s: GET /healthz: %s" % (what, e.summary), *e.details)
+
+
+def first_diff(a, b):
+    n = min(len(a), len(b))
+    for i in range(0, n, 4096):
+        if a[i:i + 4096] != b[i:i + 4096]:
+            for j in range(i, min(i + 4096, n)):
+                if a[j] != b[j]:
+                    return j
+    return n
+
+
+def body_of(n):
+    """n bytes that differ from upload to upload."""
+    return os.urandom(n)
+
+
+# ==========================================================================
+# the happy path
+
+
+@_test("upload: sizes 0 B, 1 B, 16 KiB, 1 MiB + 7, 10 MiB round-trip exactly "
+       "(201, Location, row, file, GET)")
+def t_sizes(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        for n in (0, 1, 16 * KIB, MIB + 7, DEFAULT_MAX):
+            env.put_ok("size-%d.bin" % n, body_of(n))
+        env.check_tree()
+        env.check_rows()
+        env.still_serving("after the uploads")
+
+
+@_test("upload: chunked bodies (varied chunk sizes) -> 201, exact bytes")
+def t_chunked(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        env.put_ok("chunked-small.txt", b"hello, chunked world\n", chunk_sizes=(5, 1, 7))
+        env.put_ok("chunked-mixed.bin", body_of(300 * KIB + 3),
+                   chunk_sizes=(1, 4093, 65536, 17, 200000))
+        env.put_ok("chunked-empty.bin", b"", chunk_sizes=(1,))
+        env.put_ok("chunked-large.bin", body_of(3 * MIB), chunk_sizes=(65536,))
+        env.check_tree()
+        env.check_rows()
+
+
+# ==========================================================================
+# length and limits
+
+
+@_test("upload: no Content-Length and not chunked -> 411 length_required; no file, no row")
+def t_length_required(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        c = Conn(env.port)
+        c.send(put_head("nolength.txt", env.token))
+        r = c.read_response(what="the response to a PUT without Content-Length")
+        c.close()
+        error_of(r, 411, "length_required", "PUT /v1/files/nolength.txt without "
+                 "Content-Length or Transfer-Encoding")
+        env.settle(what="after the 411")
+        env.still_serving("after the 411")
+
+
+@_test("upload: Content-Length over MAX_FILE_SIZE -> 413 too_large before the body, then "
+       "close; exactly MAX_FILE_SIZE -> 201")
+def t_too_large(ctx):
+    limit = MIB
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--max-file-size", limit)
+        for n in (limit + 1, 10 ** 15):
+            what = "PUT with Content-Length: %d (MAX_FILE_SIZE=%d), headers only" % (n, limit)
+            c = Conn(env.port)
+            c.send(put_head("big.bin", env.token, n))
+            r = c.read_response(what="a 413 before any body byte (%s)" % what)
+            error_of(r, 413, "too_large", what)
+            try:
+                expect_close_header(r)
+            except Fail as e:
+                raise Fail("%s: %s" % (what, e.summary), *e.details)
+            kind, secs, extra = c.wait_close(3.0)
+            expect(kind in ("eof", "reset"), "%s: connection not closed after the 413" % what,
+                   "closed within 3 s", "still open")
+            expect(not extra and not c.buf, "%s: bytes after the 413" % what, "none",
+                   short(c.buf + extra))
+            c.close()
+        env.settle(what="after the 413s")
+        env.put_ok("exact.bin", body_of(limit))
+        env.put_ok("one-less.bin", body_of(limit - 1))
+        env.check_tree()
+        env.check_rows()
+
+
+@_test("upload: chunked body growing past MAX_FILE_SIZE -> 413 too_large, no file, no row; "
+       "exactly MAX_FILE_SIZE chunked -> 201")
+def t_chunked_too_large(ctx):
+    limit = MIB
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--max-file-size", limit)
+        r = env.put("grow.bin", body_of(limit + MIB // 2), chunk_sizes=(65536,))
+        error_of(r, 413, "too_large", "%s (MAX_FILE_SIZE=%d)" % (r.what, limit))
+        r = env.put("grow-by-one.bin", body_of(limit + 1), chunk_sizes=(65536, 1000, 1))
+        error_of(r, 413, "too_large", "%s (MAX_FILE_SIZE=%d)" % (r.what, limit))
+        env.settle(what="after the chunked 413s")
+        env.still_serving("after the chunked 413s")
+        env.put_ok("exact-chunked.bin", body_of(limit), chunk_sizes=(65536, 333))
+        env.check_tree()
+        env.check_rows()
+
+
+@_test("upload: Expect: 100-continue -> 100 Continue before the body, then 201; over the "
+       "limit -> 413 instead of 100")
+def t_expect_continue(ctx):
+    limit = MIB
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--max-file-size", limit)
+        body = body_of(200 * KIB)
+        what = "PUT with Expect: 100-continue, Content-Length: %d" % len(body)
+        c = Conn(env.port)
+        c.send(put_head("continue.bin", env.token, len(body), headers=[("Expect",
+                                                                        "100-continue")]))
+        r = c.read_response(what="HTTP/1.1 100 Continue before the body (%s)" % what)
+        expect(r.status == 100, "%s: first response" % what, "HTTP/1.1 100 Continue",
+               "%d %s" % (r.status, short(r.raw_head, 300)))
+        expect_eq("%s: 100 response version" % what, "HTTP/1.1", r.version)
+        c.send(body)
+        r = c.read_response(timeout=15.0, what="the final response (%s)" % what)
+        doc = env.accept(r, body, "continue.bin", what)
+        env.check_stored(doc["id"], body, "continue.bin", what)
+        # keep-alive continues after the 201
+        c.send(request("GET", "/healthz"))
+        r = c.read_response(what="GET /healthz after the 100-continue upload")
+        expect_status(r, 200)
+        c.close()
+
+        what = "PUT with Expect: 100-continue, Content-Length: %d (MAX_FILE_SIZE=%d)" % (
+            limit + 1, limit)
+        c = Conn(env.port)
+        c.send(put_head("continue-big.bin", env.token, limit + 1,
+                        headers=[("Expect", "100-continue")]))
+        r = c.read_response(what="a 413 (%s)" % what)
+        expect(r.status != 100, "%s: answered 100 Continue" % what, "413 too_large, no 100",
+               "100 Continue")
+        error_of(r, 413, "too_large", what)
+        c.close()
+        env.settle(what="after the 100-continue uploads")
+
+
+# ==========================================================================
+# authentication
+
+
+@_test("upload: missing or invalid token -> 401 before the body; no file, no row")
+def t_unauthorized(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        unknown = db_routes.new_token()
+        cases = [("no Authorization", None, None),
+                 ("an unknown token", unknown, None),
+                 ("a malformed token", "not-a-token", None),
+                 ("Basic credentials", None, "Basic YWxpY2U6c2VjcmV0")]
+        for label, tok, auth in cases:
+            hs = [("Authorization", auth)] if auth else []
+            what = "PUT with %s, Content-Length: 65536, headers only" % label
+            c = Conn(env.port)
+            c.send(put_head("secret.bin", tok, 65536, headers=hs))
+            r = c.read_response(what="a 401 before the body (%s)" % what)
+            db_routes.expect_401(r, what)
+            c.close()
+        # with the body sent in full as well
+        for label, tok in (("no Authorization", None), ("an unknown token", unknown)):
+            r = put(env.port, "secret.bin", body_of(100 * KIB), tok)
+            db_routes.expect_401(r, "%s, with %s" % (r.what, label))
+        env.settle(what="after the 401s")
+        env.put_ok("after-401.bin", body_of(1000))
+        env.check_tree()
+        env.check_rows()
+
+
+# ==========================================================================
+# aborted uploads
+
+
+def abort_upload(port, head, body, cut, rst=False):
+    """Sends head and the first cut bytes of body, then closes (RST with rst)."""
+    c = Conn(port)
+    c.send(head)
+    if cut:
+        send_body(c, body[:cut], stop_on_answer=False)
+    time.sleep(0.05)
+    if rst:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+
+
+@_test("upload: client disconnects mid-body -> no file, no row, no open descriptor; "
+       "server still serves")
+def t_disconnect(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        tok = env.token
+        mb = body_of(MIB)
+        big = body_of(DEFAULT_MAX)
+        ch = chunk_body(body_of(600 * KIB), (65536,))
+        cases = [
+            ("Content-Length 1 MiB, half sent, FIN", put_head("half.bin", tok, MIB), mb,
+             MIB // 2, False),
+            ("Content-Length 1 MiB, half sent, RST", put_head("half-rst.bin", tok, MIB), mb,
+             MIB // 2, True),
+            ("Content-Length 1 MiB, headers only", put_head("none.bin", tok, MIB), mb, 0,
+             False),
+            ("Content-Length 1 MiB, all but one byte", put_head("almost.bin", tok, MIB), mb,
+             MIB - 1, False),
+            ("Content-Length 10 MiB, 5 MiB sent", put_head("big.bin", tok, DEFAULT_MAX), big,
+             DEFAULT_MAX // 2, False),
+            ("chunked, 5 of 10 chunks sent", put_head("chunks.bin", tok, chunked=True), ch,
+             len(ch) // 2, False),
+            ("chunked, all chunks but no last-chunk", put_head("nolast.bin", tok,
+                                                                chunked=True), ch,
+             len(ch) - 5, False),
+        ]
+        for label, head, body, cut, rst in cases:
+            abort_upload(env.port, head, body, cut, rst)
+        time.sleep(1.0)
+        env.settle(what="after %d uploads cut off by the client (%s)"
+                   % (len(cases), "; ".join(c[0] for c in cases)))
+        env.still_serving("after the cut-off uploads")
+        env.put_ok("after-abort.bin", body_of(256 * KIB))
+        env.check_tree()
+        env.check_rows()
+
+
+# ==========================================================================
+# concurrency and keep-alive
+
+
+@_test("upload: 50 concurrent PUTs of 64 KiB -> 50 x 201, 50 rows, 50 exact files")
+def t_concurrent(ctx):
+    n = 50
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        bodies = [body_of(64 * KIB) for _ in range(n)]
+        results = [None] * n
+        start = threading.Event()
+
+        def one(i):
+            start.wait(10)
+            try:
+                results[i] = put(env.port, "c%02d.bin" % i, bodies[i], env.token,
+                                 timeout=20.0)
+            except (Fail, OSError) as e:
+                results[i] = e
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        start.set()
+        deadline = time.monotonic() + 40.0
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        hung = sum(1 for t in threads if t.is_alive())
+        expect(not hung, "PUTs still waiting 40 s after they started", "none", hung)
+        errs = [(i, r) for i, r in enumerate(results) if not hasattr(r, "status")]
+        not201 = [(i, r) for i, r in enumerate(results) if hasattr(r, "status")
+                  and r.status != 201]
+        if errs or not201:
+            details = ["expected: %d x 201" % n,
+                       "got:      %d x 201, %d other statuses, %d errors"
+                       % (n - len(errs) - len(not201), len(not201), len(errs))]
+            details += ["PUT #%d: %s" % (i, e.summary if isinstance(e, Fail) else repr(e))
+                        for i, e in errs[:5]]
+            details += ["PUT #%d: %s" % (i, r.describe()) for i, r in not201[:5]]
+            raise Fail("not every concurrent PUT got 201", *details)
+        docs = [env.accept(r, bodies[i], "c%02d.bin" % i) for i, r in enumerate(results)]
+        rows = env.rows()
+        for i, d in enumerate(docs):
+            env.check_stored(d["id"], bodies[i], "c%02d.bin" % i, what=results[i].what,
+                             check_get=(i % 10 == 0), rows=rows)
+        env.check_tree()
+        env.check_rows()
+        expect_eq("distinct ids", n, len(set(d["id"] for d in docs)))
+
+
+@_test("upload: two PUTs then GET /healthz on one keep-alive connection, sequential and "
+       "pipelined")
+def t_keepalive(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        # sequential: request, response, request, response
+        c = Conn(env.port, timeout=15.0)
+        sent = []
+        for i, body in enumerate((body_of(300 * KIB), body_of(10))):
+            seg = "seq-%d.bin" % i
+            c.send(put_head(seg, env.token, len(body)) + body, timeout=15.0)
+            r = c.read_response(timeout=15.0, what="PUT #%d on a keep-alive connection" % (i + 1))
+            doc = env.accept(r, body, seg, "PUT #%d on a keep-alive connection" % (i + 1))
+            try:
+                expect_no_close_header(r)
+            except Fail as e:
+                raise Fail("PUT #%d on a keep-alive connection: %s" % (i + 1, e.summary),
+                           *e.details)
+            sent.append((doc["id"], body, seg))
+        c.send(request("GET", "/healthz"))
+        expect_status(c.read_response(what="GET /healthz after two PUTs on one connection"),
+                      200)
+        c.close()
+        for fid, body, seg in sent:
+            env.check_stored(fid, body, seg, "keep-alive PUT %s" % seg)
+
+        # pipelined: everything in one send, the second PUT chunked
+        b1, b2, b3 = body_of(300 * KIB + 1), body_of(70 * KIB), body_of(5)
+        data = (put_head("pipe-1.bin", env.token, len(b1)) + b1 +
+                put_head("pipe-2.bin", env.token, chunked=True) + chunk_body(b2, (4096, 7)) +
+                put_head("pipe-3.bin", env.token, len(b3)) + b3 +
+                request("GET", "/healthz"))
+        c = Conn(env.port, timeout=15.0)
+        c.send(data, timeout=15.0)
+        for i, (seg, body) in enumerate((("pipe-1.bin", b1), ("pipe-2.bin", b2),
+                                          ("pipe-3.bin", b3))):
+            what = "pipelined PUT #%d of 3 (then GET /healthz), all sent at once" % (i + 1)
+            r = c.read_response(timeout=15.0, what=what)
+            doc = env.accept(r, body, seg, what)
+            env.check_stored(doc["id"], body, seg, what)
+        r = c.read_response(what="the pipelined GET /healthz after three PUTs")
+        expect_status(r, 200)
+        expect_eq("GET /healthz body after pipelined PUTs", {"status": "ok"}, r.json())
+        c.close()
+        env.check_tree()
+        env.check_rows()
+
+
+# ==========================================================================
+# names
+
+
+HOSTILE = [
+    "..%2F..%2Fetc%2Fpasswd",
+    "%2Fetc%2Fpasswd",
+    "a%00b",
+    "%2e%2e",
+    "%2E",
+    "%2F",
+    "x%5Cy%5C..%5Cz",
+    "..%5C..%5Cwindows",
+    "%22quoted%22%20%27single%27.txt",
+    "tab%09lf%0Acr%0Ddel%7Fesc%1B",
+    "report%20final.pdf",
+    "%C3%A9t%C3%A9.txt",
+    "100%25.txt",
+    "x" * 300,
+    "%C3%A9" * 150,           # 300 bytes of 2-byte sequences -> 254 bytes
+    "a" + "%C3%A9" * 150,     # -> exactly 255 bytes
+    "ab" + "%E2%82%AC" * 100,  # 3-byte sequences -> 254 bytes
+    "%F0%9F%98%80" * 70,      # 4-byte sequences: 280 bytes -> 252 bytes
+]
+
+
+@_test("upload: hostile file names are stored sanitized as metadata only; nothing lands "
+       "outside objects/")
+def t_hostile_names(ctx):
+    passwd = None
+    try:
+        with open("/etc/passwd", "rb") as f:
+            passwd = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        pass
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        # the expectations themselves (a check of sanitize())
+        assert sanitize("..%2F..%2Fetc%2Fpasswd") == ".._.._etc_passwd"
+        assert sanitize("%2e%2e") == "_" and sanitize("a%00b") == "a_b"
+        assert len(sanitize("a" + "%C3%A9" * 150).encode()) == 255
+        wrong = []
+        for seg in HOSTILE:
+            body = ("body of %s\n" % seg).encode()
+            resp = env.put(seg, body)
+            try:
+                doc = env.accept(resp, body, seg)
+                env.check_stored(doc["id"], body, sanitize(seg), what=resp.what)
+            except Fail as e:
+                wrong.append("%s -> %s" % (short(seg, 60), e.summary))
+                wrong += ["    " + d for d in e.details[:3]]
+        expect(not wrong, "hostile names not handled as the sanitization rule says "
+               "(%d of %d)" % (sum(1 for w in wrong if not w.startswith(" ")), len(HOSTILE)),
+               None, None, *wrong)
+        env.check_tree(what="after the hostile names")
+        env.check_rows()
+        if passwd is not None:
+            with open("/etc/passwd", "rb") as f:
+                expect_eq("sha256 of /etc/passwd after the uploads", passwd,
+                          hashlib.sha256(f.read()).hexdigest())
+        env.still_serving("after the hostile names")
+
+
+# ==========================================================================
+# disk full
+
+
+def _mount_tmpfs(path, size):
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs",
+                        path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    expect(p.returncode == 0, "mount -t tmpfs failed (needed for the disk-full test)",
+           "exit 0", "exit %d: %s" % (p.returncode, short(p.stderr.decode("utf-8", "replace"))))
+
+
+def _umount(path):
+    for args in (["umount", path], ["umount", path], ["umount", "-l", path]):
+        p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+        if p.returncode == 0:
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def _free(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def t_disk_full(ctx):
+    if not is_root():
+        return  # registered with a SKIP name
+    mnt = harness.tmpdir()
+    _mount_tmpfs(mnt, "8m")
+    try:
+        with db_routes.TestDb(ctx) as db:
+            env = Env(ctx, db, "--max-file-size", 20 * MIB, storage=mnt)
+            free0 = _free(mnt)
+            r = env.put("huge.bin", body_of(12 * MIB))
+            error_of(r, 507, "insufficient_storage",
+                     "%s on an 8 MiB tmpfs (free %d bytes; body bytes sent %d)"
+                     % (r.what, free0, r.sent))
+            ctx.note("507 after %d of %d body bytes" % (r.sent, 12 * MIB))
+            time.sleep(0.5)
+            env.settle(what="after the 507")
+            deadline = time.monotonic() + 3.0
+            while _free(mnt) < free0 - 256 * KIB and time.monotonic() < deadline:
+                time.sleep(0.1)
+            expect(_free(mnt) >= free0 - 256 * KIB,
+                   "space of the failed upload not given back (a partial file still open?)",
+                   "free >= %d bytes" % (free0 - 256 * KIB), "%d bytes" % _free(mnt))
+            # a body that does not fit only once written (chunked: no length up front)
+            r = env.put("huge-chunked.bin", body_of(12 * MIB), chunk_sizes=(65536,))
+            error_of(r, 507, "insufficient_storage", "%s on an 8 MiB tmpfs" % r.what)
+            time.sleep(0.5)
+            env.settle(what="after the chunked 507")
+            env.still_serving("after the 507s")
+            small = body_of(MIB)
+            r = env.put("fits.bin", small)
+            if r.status != 201:
+                raise Fail("%s after the 507s, with %d bytes free on the 8 MiB tmpfs: status: "
+                           "expected 201, got %d" % (r.what, _free(mnt), r.status),
+                           "response: %s" % r.describe())
+            doc = env.accept(r, small, "fits.bin")
+            env.check_stored(doc["id"], small, "fits.bin", r.what)
+            env.check_tree()
+            env.check_rows()
+            env.server.stop()  # releases its directory descriptor before the unmount
+    finally:
+        if not _umount(mnt):
+            ctx.note("could not unmount the tmpfs at %s" % mnt)
+
+
+_test("upload: disk full -> 507 insufficient_storage, no partial file, no row; later 1 MiB "
+      "PUT succeeds" + ("" if is_root() else " # SKIP needs root to mount a tmpfs"))(t_disk_full)
+
+
+def t_disk_full_race(ctx):
+    if not is_root():
+        return  # registered with a SKIP name
+    mnt = harness.tmpdir()
+    _mount_tmpfs(mnt, "40m")
+    n, size = 3, 14 * MIB
+    try:
+        with db_routes.TestDb(ctx) as db:
+            env = Env(ctx, db, "--max-file-size", 20 * MIB, storage=mnt)
+            free0 = _free(mnt)
+            bodies = [body_of(size) for _ in range(n)]
+            results = [None] * n
+            start = threading.Event()
+
+            def one(i):
+                start.wait(10)
+                try:
+                    results[i] = put(env.port, "race-%d.bin" % i, bodies[i], env.token,
+                                     timeout=20.0)
+                except (Fail, OSError) as e:
+                    results[i] = e
+            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+            for t in threads:
+                t.start()
+            start.set()
+            deadline = time.monotonic() + 40.0
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            expect(not any(t.is_alive() for t in threads), "uploads still running after 40 s",
+                   "none", sum(1 for t in threads if t.is_alive()))
+            errs = ["PUT #%d: %s" % (i, r.summary if isinstance(r, Fail) else repr(r))
+                    for i, r in enumerate(results) if not hasattr(r, "status")]
+            expect(not errs, "%d concurrent PUTs of %d bytes on a %d-byte tmpfs: errors"
+                   % (n, size, free0), "a response each", None, *errs)
+            got = [r.status for r in results]
+            expect(all(s in (201, 507) for s in got) and 507 in got,
+                   "%d concurrent PUTs of %d bytes (%d in all) on a tmpfs with %d bytes free"
+                   % (n, size, n * size, free0), "201 or 507 each, at least one 507", got,
+                   *["PUT #%d: %s" % (i, r.describe()) for i, r in enumerate(results)
+                     if r.status not in (201,)])
+            for i, r in enumerate(results):
+                if r.status == 201:
+                    doc = env.accept(r, bodies[i], "race-%d.bin" % i)
+                    env.check_stored(doc["id"], bodies[i], "race-%d.bin" % i, r.what)
+                else:
+                    error_of(r, 507, "insufficient_storage", r.what)
+            ctx.note("statuses %s; body bytes sent per PUT before the answer: %s"
+                     % (got, [r.sent for r in results]))
+            time.sleep(0.5)
+            env.settle(what="after the 507s")
+            want = free0 - len(env.ids) * size - 256 * KIB
+            deadline = time.monotonic() + 3.0
+            while _free(mnt) < want and time.monotonic() < deadline:
+                time.sleep(0.1)
+            expect(_free(mnt) >= want, "space of the failed uploads not given back",
+                   "free >= %d bytes" % want, "%d bytes" % _free(mnt))
+            env.still_serving("after the 507s")
+            env.server.stop()
+    finally:
+        if not _umount(mnt):
+            ctx.note("could not unmount the tmpfs at %s" % mnt)
+
+
+_test("upload: disk fills while concurrent uploads write -> 507 insufficient_storage for "
+      "those that do not fit, no partial file, no row, space given back"
+      + ("" if is_root() else " # SKIP needs root to mount a tmpfs"))(t_disk_full_race)
+
+
+# ==========================================================================
+# kill -9
+
+
+@_test("upload: kill -9 during uploads: every 201 intact after a restart, no partial files, "
+       "no rows for unfinished uploads")
+def t_kill9(ctx):
+    n_slow, n_fast, size = 20, 20, 2 * MIB
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        slow_bodies = [body_of(size) for _ in range(n_slow)]
+        fast_bodies = [body_of(size) for _ in range(n_fast)]
+        progress = [0] * n_slow           # body bytes each slow sender got out
+        slow_res = [None] * n_slow
+        fast_res = [None] * n_fast
+        stop = threading.Event()
+
+        def slow(i):
+            c = None
+            try:
+                c = socket.create_connection((HOST, env.port), timeout=10)
+                c.sendall(put_head("slow-%02d.bin" % i, env.token, size))
+                for off in range(0, size, 64 * KIB):
+                    if stop.is_set():
+                        break
+                    c.sendall(slow_bodies[i][off:off + 64 * KIB])
+                    progress[i] = off + 64 * KIB
+                    time.sleep(0.25)
+                buf = b""
+                c.settimeout(5)
+                while True:  # bounded by the socket timeout and the server's close
+                    r = harness.parse_response(buf)
+                    if r is not None:
+                        slow_res[i] = r[0]
+                        break
+                    d = c.recv(65536)
+                    if not d:
+                        slow_res[i] = "closed"
+                        break
+                    buf += d
+            except (OSError, Fail) as e:
+                slow_res[i] = "error: %r" % (e,)
+            finally:
+                if c is not None:
+                    c.close()
+
+        def fast(i):
+            try:
+                fast_res[i] = put(env.port, "fast-%02d.bin" % i, fast_bodies[i], env.token,
+                                  timeout=20.0)
+            except (Fail, OSError) as e:
+                fast_res[i] = e
+
+        st = [threading.Thread(target=slow, args=(i,), daemon=True) for i in range(n_slow)]
+        ft = [threading.Thread(target=fast, args=(i,), daemon=True) for i in range(n_fast)]
+        for t in st + ft:
+            t.start()
+        deadline = time.monotonic() + 25.0
+        for t in ft:
+            t.join(max(0.0, deadline - time.monotonic()))
+        while min(progress) < 2 * 64 * KIB and time.monotonic() < deadline:
+            time.sleep(0.05)
+        in_flight = sum(1 for p in progress if 0 < p < size)
+        env.server.proc.kill()
+        env.server.proc.wait(10)
+        env.server.finish()
+        killed_at = progress[:]
+        stop.set()
+        for t in st + ft:
+            t.join(max(0.0, deadline + 15.0 - time.monotonic()))
+        expect(not any(t.is_alive() for t in st + ft), "upload threads still running after "
+               "the kill", "none", sum(1 for t in st + ft if t.is_alive()))
+
+        # which uploads got 201
+        fast_bad = [(i, r) for i, r in enumerate(fast_res)
+                    if not hasattr(r, "status") or r.status != 201]
+        expect(not fast_bad, "fast uploads that did not get 201 before the kill",
+               "%d x 201" % n_fast, "%d others" % len(fast_bad),
+               *["fast PUT #%d: %s" % (i, r.describe() if hasattr(r, "describe") else
+                                       (r.summary if isinstance(r, Fail) else repr(r)))
+                 for i, r in fast_bad[:5]])
+        for i, r in enumerate(fast_res):
+            env.accept(r, fast_bodies[i], "fast-%02d.bin" % i)
+        slow_201 = 0
+        for i, r in enumerate(slow_res):
+            if isinstance(r, harness.Response) and r.status == 201:
+                env.accept(r, slow_bodies[i], "slow-%02d.bin" % i)
+                slow_201 += 1
+        ctx.note("killed with %d slow uploads in flight (bytes sent: min %d, max %d); "
+                 "%d slow uploads had 201" % (in_flight, min(killed_at), max(killed_at),
+                                              slow_201))
+        expect(in_flight > 0, "no slow upload was in flight at the kill (test timing)",
+               "some", in_flight)
+
+        # restart on the same database and storage
+        env.start()
+        env.check_tree(what="after kill -9 and a restart")
+        env.check_rows(what="after kill -9 and a restart")
+        rows = env.rows()
+        for i, r in enumerate(fast_res):
+            fid = r.json()["id"]
+            env.check_stored(fid, fast_bodies[i], "fast-%02d.bin" % i,
+                             what="fast upload #%d after kill -9 and a restart" % i,
+                             check_get=(i % 5 == 0), rows=rows)
+        env.put_ok("after-restart.bin", body_of(64 * KIB))
+        env.check_tree()
+        env.check_rows()
+
+
+# ==========================================================================
+# metrics
+
+
+@_test("upload: /metrics ringup_requests_total{code=\"201\"} counts uploads")
+def t_metrics(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--max-file-size", MIB)
+        m0 = db_routes.scrape(env.port)
+        before = m0.value("ringup_requests_total", code="201") or 0
+        b413 = m0.value("ringup_requests_total", code="413") or 0
+        for i in range(3):
+            env.put_ok("m%d.bin" % i, body_of(1000 * (i + 1)), check_get=False)
+        env.put_ok("m-chunked.bin", body_of(5000), chunk_sizes=(1000,), check_get=False)
+        c = Conn(env.port)
+        c.send(put_head("m-big.bin", env.token, MIB + 1))
+        error_of(c.read_response(), 413, "too_large", "PUT with Content-Length over the limit")
+        c.close()
+        deadline = time.monotonic() + 3.0
+        while True:
+            m = db_routes.scrape(env.port)
+            d201 = (m.value("ringup_requests_total", code="201") or 0) - before
+            d413 = (m.value("ringup_requests_total", code="413") or 0) - b413
+            if (d201 == 4 and d413 == 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        expect_eq('ringup_requests_total{code="201"} increase after 4 uploads', 4, d201)
+        expect_eq('ringup_requests_total{code="413"} increase after one 413', 1, d413)
+
+
+# ==========================================================================
+# downloads: GET /v1/files/{id}/content
+
+
+def get_content(port, fid, token, headers=(), method="GET"):
+    c = Conn(port)
+    lines = ["%s /v1/files/%s/content HTTP/1.1" % (method, fid), "Host: t",
+             "Authorization: Bearer %s" % token]
+    lines += ["%s: %s" % h for h in headers]
+    c.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+    r = c.read_response(what="%s /v1/files/%s/content" % (method, fid),
+                        head=(method == "HEAD"), timeout=20.0)
+    c.close()
+    return r
+
+
+@_test("upload: download round-trips (200 exact bytes, HEAD, Range 206, 416, other user 404)")
+def t_download(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        body = body_of(3 * MIB + 11)
+        doc = env.put_ok("dl.bin", body)
+        fid = doc["id"]
+        r = get_content(env.port, fid, env.token)
+        expect_status(r, 200)
+        expect_eq("downloaded sha256", hashlib.sha256(body).hexdigest(),
+                  hashlib.sha256(r.body).hexdigest())
+        expect_eq("Content-Type", "application/octet-stream", r.hget("content-type"))
+        expect("attachment" in (r.hget("content-disposition") or ""),
+               "no attachment disposition", "Content-Disposition: attachment; ...",
+               r.hget("content-disposition"))
+        h = get_content(env.port, fid, env.token, method="HEAD")
+        expect_status(h, 200, head=True)
+        expect_eq("HEAD Content-Length", str(len(body)), h.hget("content-length"))
+        for rng, first, last in (("bytes=0-0", 0, 0), ("bytes=100-199", 100, 199),
+                                 ("bytes=-10", len(body) - 10, len(body) - 1),
+                                 ("bytes=%d-" % (len(body) - 5), len(body) - 5, len(body) - 1)):
+            p = get_content(env.port, fid, env.token, headers=(("Range", rng),))
+            expect_status(p, 206)
+            expect_eq("bytes of %s" % rng, body[first:last + 1], p.body)
+            expect_eq("Content-Range of %s" % rng,
+                      "bytes %d-%d/%d" % (first, last, len(body)), p.hget("content-range"))
+        bad = get_content(env.port, fid, env.token, headers=(("Range", "bytes=%d-" % len(body)),))
+        expect_status(bad, 416)
+        other = db.token("someone_else_%d" % os.getpid())
+        expect_status(get_content(env.port, fid, other), 404)
+        expect_status(get_content(env.port, "00000000-0000-4000-8000-000000000000", env.token),
+                      404)
+        env.still_serving("after the downloads")
