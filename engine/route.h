@@ -57,7 +57,7 @@ void route_respond(struct conn *c, const struct http_head *h, int status, const 
                    const char *body, size_t body_len, bool head_only, bool close,
                    const char *extra);
 
-#define ROUTE_HEAD_MAX 2048 /* the largest response head (with extra header lines) */
+#define ROUTE_HEAD_MAX 4096 /* the largest response head (extra and CORS lines included) */
 
 /*
  * Queue only a response head (the body follows through conn_out_reserve());

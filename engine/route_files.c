@@ -462,6 +462,18 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
     enum v1_route route;
     const char *allow;
     const char *id = NULL;
+    if (h->method == HTTP_OPTIONS) {
+        /* A browser's preflight: no token, no body; with_cors() adds the origin lines. */
+        route_respond(c, h, 204, NULL, NULL, 0, false, close,
+                      "Access-Control-Allow-Methods: GET, HEAD, PUT, POST, PATCH, DELETE, "
+                      "OPTIONS\r\n"
+                      "Access-Control-Allow-Headers: Authorization, Content-Type, "
+                      "Content-Disposition, X-Filename, X-Progress-Id, X-Priority, Upload-Offset, "
+                      "Upload-Length, Upload-Metadata, Upload-Checksum, Upload-Concat, "
+                      "Upload-Defer-Length, Tus-Resumable\r\n"
+                      "Access-Control-Max-Age: 600\r\n");
+        return ROUTE_ANSWERED;
+    }
     if (path.len > 10 && memcmp(path.p, "/v1/files/", 10) == 0 && h->method == HTTP_PUT &&
         memchr(path.p + 10, '/', path.len - 10) == NULL)
         return put_head(c, h, p, path, close);

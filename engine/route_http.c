@@ -11,12 +11,12 @@
 #include "engine/conn.h"
 #include "engine/log.h"
 #include "engine/met.h"
+#include "engine/ring.h"
 #include "proto/json.h"
 #include "proto/prom.h"
 
 #define JSON_TYPE "application/json"
 #define ERR_BODY_MAX 512
-#define HEAD_MAX 1024            /* a response head of this version */
 #define METRICS_MAX (256 * 1024) /* /metrics body */
 
 static const char health_body[] = "{\"status\":\"ok\"}";
@@ -47,23 +47,79 @@ static void access_log(struct conn *c, const struct http_head *h, int status, si
  * Queue a complete response. body may be NULL for HEAD (content_length then
  * still announces the GET size). Marks the request answered and logs it.
  */
+#define CORS_EXPOSE                                                                                \
+    "Access-Control-Expose-Headers: Location, Upload-Offset, Upload-Length, Upload-Expires, "      \
+    "Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Retry-After, RateLimit-Limit, "      \
+    "RateLimit-Remaining, RateLimit-Reset\r\n"
+#define CORS_EXTRA_MAX 1024
+
+/* Whether origin is in CORS_ORIGINS ("*" or a comma list of exact origins). */
+static bool origin_allowed(const struct cfg *cfg, struct http_span origin)
+{
+    const char *p = cfg->cors_origins;
+
+    while (*p != '\0') {
+        const char *comma = strchr(p, ',');
+        size_t n = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        while (n > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            n--;
+        }
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if ((n == 1 && *p == '*') || (n == origin.len && memcmp(p, origin.p, n) == 0))
+            return true;
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    return false;
+}
+
+/*
+ * The Access-Control-* lines for a /v1 request from an allowed browser
+ * origin, followed by extra, into buf; returns what the head should carry.
+ */
+static const char *with_cors(struct conn *c, const struct http_head *h, const char *extra,
+                             char buf[CORS_EXTRA_MAX])
+{
+    const struct cfg *cfg = conn_ring(c)->cfg;
+    struct http_span path;
+    struct http_span origin;
+    bool any;
+    int n;
+
+    if (h == NULL || !http_header(h, "origin", &origin))
+        return extra;
+    path = http_path(h);
+    if (path.len < 4 || memcmp(path.p, "/v1/", 4) != 0 || !origin_allowed(cfg, origin) ||
+        origin.len > 256)
+        return extra;
+    any = strcmp(cfg->cors_origins, "*") == 0;
+    n = snprintf(buf, CORS_EXTRA_MAX, "Access-Control-Allow-Origin: %.*s\r\n%s" CORS_EXPOSE "%s",
+                 any ? 1 : (int)origin.len, any ? "*" : origin.p, any ? "" : "Vary: Origin\r\n",
+                 extra != NULL ? extra : "");
+    return n > 0 && n < CORS_EXTRA_MAX ? buf : extra;
+}
+
 void route_respond(struct conn *c, const struct http_head *h, int status, const char *ctype,
                    const char *body, size_t body_len, bool head_only, bool close, const char *extra)
 {
+    char cors[CORS_EXTRA_MAX];
     struct http_resp r = {
         .status = status,
         .content_type = ctype,
         .content_length = body_len,
         .close = close || conn_closing(c),
         .date = conn_date(c),
-        .extra = extra,
+        .extra = with_cors(c, h, extra, cors),
     };
     size_t send_body = head_only ? 0 : body_len;
-    char *out = conn_out_reserve(c, HEAD_MAX + send_body);
-    ssize_t n = http_write_head(out, HEAD_MAX, &r);
+    char *out = conn_out_reserve(c, ROUTE_HEAD_MAX + send_body);
+    ssize_t n = http_write_head(out, ROUTE_HEAD_MAX, &r);
 
     if (n < 0)
-        abort(); /* HEAD_MAX covers every head this file writes */
+        abort(); /* ROUTE_HEAD_MAX covers every head this server writes */
     if (send_body != 0)
         memcpy(out + n, body, send_body);
     conn_out_commit(c, (size_t)n + send_body);
@@ -76,13 +132,14 @@ void route_respond(struct conn *c, const struct http_head *h, int status, const 
 void route_respond_head(struct conn *c, const struct http_head *h, int status, const char *ctype,
                         uint64_t content_length, bool close, const char *extra)
 {
+    char cors[CORS_EXTRA_MAX];
     struct http_resp r = {
         .status = status,
         .content_type = ctype,
         .content_length = content_length,
         .close = close || conn_closing(c),
         .date = conn_date(c),
-        .extra = extra,
+        .extra = with_cors(c, h, extra, cors),
     };
     char *out = conn_out_reserve(c, ROUTE_HEAD_MAX);
     ssize_t n = http_write_head(out, ROUTE_HEAD_MAX, &r);

@@ -1157,3 +1157,50 @@ def t_download(ctx):
         expect_status(get_content(env.port, "00000000-0000-4000-8000-000000000000", env.token),
                       404)
         env.still_serving("after the downloads")
+
+
+# ==========================================================================
+# CORS on /v1
+
+
+def cors_req(port, method, path, origin, token=None):
+    c = Conn(port)
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: t", "Origin: %s" % origin,
+             "Access-Control-Request-Method: PUT"]
+    if token:
+        lines.append("Authorization: Bearer %s" % token)
+    c.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+    r = c.read_response(what="%s %s from %s" % (method, path, origin))
+    c.close()
+    return r
+
+
+@_test("upload: CORS preflight and Access-Control-* headers on /v1 (any origin, a listed origin)")
+def t_cors(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        r = cors_req(env.port, "OPTIONS", "/v1/files/x.bin", "https://app.example")
+        expect_status(r, 204)
+        expect_eq("Allow-Origin (default *)", "*", r.hget("access-control-allow-origin"))
+        expect("PUT" in (r.hget("access-control-allow-methods") or ""),
+               "preflight does not allow PUT", "PUT in Access-Control-Allow-Methods",
+               r.hget("access-control-allow-methods"))
+        expect("authorization" in (r.hget("access-control-allow-headers") or "").lower(),
+               "preflight does not allow Authorization", "Authorization allowed",
+               r.hget("access-control-allow-headers"))
+        g = cors_req(env.port, "GET", "/v1/files", "https://app.example", env.token)
+        expect_status(g, 200)
+        expect("Location" in (g.hget("access-control-expose-headers") or ""),
+               "Location is not exposed", "Access-Control-Expose-Headers with Location",
+               g.hget("access-control-expose-headers"))
+        h = cors_req(env.port, "GET", "/healthz", "https://app.example")
+        expect_eq("CORS on /healthz (not a /v1 route)", None, h.hget("access-control-allow-origin"))
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--cors-origins", "https://a.example, https://b.example")
+        ok = cors_req(env.port, "OPTIONS", "/v1/files", "https://b.example")
+        expect_eq("Allow-Origin for a listed origin", "https://b.example",
+                  ok.hget("access-control-allow-origin"))
+        expect_eq("Vary", "Origin", ok.hget("vary"))
+        no = cors_req(env.port, "OPTIONS", "/v1/files", "https://evil.example")
+        expect_eq("Allow-Origin for an unlisted origin", None,
+                  no.hget("access-control-allow-origin"))
