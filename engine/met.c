@@ -34,6 +34,62 @@ void met_request(struct met_worker *m, int status, uint64_t dur_us)
     met_add(&m->req_dur_us_sum, dur_us);
 }
 
+void met_upload_done(struct met_worker *m, enum met_up_route route, uint64_t dur_us)
+{
+    met_inc(&m->up_completed[route]);
+    met_inc(&m->up_dur[bucket(dur_us)]);
+    met_add(&m->up_dur_us_sum, dur_us);
+}
+
+static uint64_t sum(size_t off);
+
+static const char *const up_routes[MET_UP__N] = {"put", "post", "tus"};
+static const char *const up_fails[MET_UF__N] = {"too_large", "storage_full", "storage_error",
+                                                "database", "client_gone"};
+
+static void render_uploads(struct prom_buf *b)
+{
+    uint64_t counts[MET_DUR_BUCKETS + 1];
+    char labels[64];
+    unsigned r;
+    unsigned f;
+    unsigned i;
+
+    prom_family(b, "ringup_uploads_started_total", "counter", "Uploads whose file was created.");
+    for (r = 0; r < MET_UP__N; r++) {
+        snprintf(labels, sizeof(labels), "route=\"%s\"", up_routes[r]);
+        prom_sample(b, "ringup_uploads_started_total", labels,
+                    (double)sum(offsetof(struct met_worker, up_started) + r * sizeof(uint64_t)));
+    }
+    prom_family(b, "ringup_uploads_completed_total", "counter", "Uploads stored and answered 201.");
+    for (r = 0; r < MET_UP__N; r++) {
+        snprintf(labels, sizeof(labels), "route=\"%s\"", up_routes[r]);
+        prom_sample(b, "ringup_uploads_completed_total", labels,
+                    (double)sum(offsetof(struct met_worker, up_completed) + r * sizeof(uint64_t)));
+    }
+    prom_family(b, "ringup_uploads_failed_total", "counter",
+                "Uploads that failed after their file was created, by reason.");
+    for (r = 0; r < MET_UP__N; r++) {
+        for (f = 0; f < MET_UF__N; f++) {
+            snprintf(labels, sizeof(labels), "route=\"%s\",reason=\"%s\"", up_routes[r],
+                     up_fails[f]);
+            prom_sample(b, "ringup_uploads_failed_total", labels,
+                        (double)sum(offsetof(struct met_worker, up_failed) +
+                                    (r * MET_UF__N + f) * sizeof(uint64_t)));
+        }
+    }
+    prom_family(b, "ringup_upload_bytes_total", "counter",
+                "Upload body bytes written to files, by path (buffered: from receive buffers).");
+    prom_sample(b, "ringup_upload_bytes_total", "path=\"buffered\"",
+                (double)sum(offsetof(struct met_worker, up_bytes_buffered)));
+    for (i = 0; i <= MET_DUR_BUCKETS; i++)
+        counts[i] = sum(offsetof(struct met_worker, up_dur) + i * sizeof(uint64_t));
+    prom_family(b, "ringup_upload_duration_seconds", "histogram",
+                "Time from an upload's first byte to its 201.");
+    prom_histogram(b, "ringup_upload_duration_seconds", NULL, dur_bounds, counts, MET_DUR_BUCKETS,
+                   (double)sum(offsetof(struct met_worker, up_dur_us_sum)) / 1e6);
+}
+
 void met_db_query(struct met_db *m, bool failed, uint64_t dur_us)
 {
     met_inc(&m->queries);
@@ -191,4 +247,5 @@ void met_render(struct prom_buf *b)
     scalar(b, "ringup_auth_cache_misses_total", "counter",
            "Bearer tokens looked up in the database.", SUM(auth_cache_misses));
     render_db(b);
+    render_uploads(b);
 }

@@ -15,6 +15,17 @@
 #define MET_DUR_BUCKETS 14 /* request duration bounds, see met.c */
 #define MET_DB_POOLS 2     /* primary, read replica */
 
+/* Upload routes and the reasons an upload fails, as metric labels. */
+enum met_up_route { MET_UP_PUT, MET_UP_POST, MET_UP_TUS, MET_UP__N };
+enum met_up_fail {
+    MET_UF_TOO_LARGE,     /* grew past MAX_FILE_SIZE */
+    MET_UF_STORAGE_FULL,  /* no space (507) */
+    MET_UF_STORAGE_ERROR, /* any other storage error */
+    MET_UF_DATABASE,      /* the row could not be written */
+    MET_UF_CLIENT_GONE,   /* the connection closed mid-upload */
+    MET_UF__N,
+};
+
 /* One database pool of one worker. */
 struct met_db {
     uint64_t open;                     /* gauge: connections open or opening */
@@ -47,6 +58,12 @@ struct met_worker {
     uint64_t auth_cache_hits;              /* bearer tokens resolved from the worker's cache */
     uint64_t auth_cache_misses;            /* bearer tokens looked up in the database */
     struct met_db db[MET_DB_POOLS];        /* database pools */
+    uint64_t up_started[MET_UP__N];        /* uploads whose file was created, by route */
+    uint64_t up_completed[MET_UP__N];      /* uploads answered 201, by route */
+    uint64_t up_failed[MET_UP__N][MET_UF__N]; /* uploads that failed, by route and reason */
+    uint64_t up_bytes_buffered;               /* body bytes written from receive buffers */
+    uint64_t up_dur[MET_DUR_BUCKETS + 1];     /* upload duration histogram (head to 201) */
+    uint64_t up_dur_us_sum;
 };
 
 /* Single-writer increment: the owner thread only. */
@@ -75,6 +92,9 @@ void met_register(struct met_worker *m);
 
 /* Count one answered request (owner thread). */
 void met_request(struct met_worker *m, int status, uint64_t dur_us);
+
+/* Count one finished upload (owner thread). */
+void met_upload_done(struct met_worker *m, enum met_up_route route, uint64_t dur_us);
 
 /* Count one database query of a pool (owner thread). */
 void met_db_query(struct met_db *m, bool failed, uint64_t dur_us);

@@ -40,6 +40,7 @@ struct upload {
     int fd;        /* the nameless file, -1 before it is open */
     enum upload_stage stage;
     bool close;       /* the answer closes the connection */
+    bool started;     /* the file was created (counted as started) */
     uint64_t max;     /* MAX_FILE_SIZE */
     uint64_t written; /* body bytes on disk */
     const char *wptr; /* the write in flight: what is left of it */
@@ -61,12 +62,29 @@ static void upload_free(void *p)
     free(u);
 }
 
+static void count_failure(struct upload *u, enum met_up_fail why)
+{
+    if (u->started)
+        met_inc(&u->ring->met.up_failed[MET_UP_PUT][why]);
+}
+
+/* The connection closed with the upload unfinished (conn's rdata_free). */
+static void upload_gone(void *p)
+{
+    struct upload *u = p;
+
+    count_failure(u, MET_UF_CLIENT_GONE);
+    upload_free(u);
+}
+
 /* Give up: answer an error (unless one was sent), drop the file, close after. */
 static void fail(struct conn *c, struct upload *u, int status, const char *code, const char *msg)
 {
     const struct http_head *h = conn_head(c);
-
     conn_set_rdata(c, NULL, NULL);
+    count_failure(u, status == 413   ? MET_UF_TOO_LARGE
+                     : status == 507 ? MET_UF_STORAGE_FULL
+                                     : MET_UF_STORAGE_ERROR);
     upload_free(u);
     /* The body may be unread: the connection cannot be reused. */
     route_error(c, h, status, code, msg, true,
@@ -129,7 +147,7 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     snprintf(u->name, sizeof(u->name), "%s", name);
     store_new_id(u->id);
     store_key(u->id, u->key);
-    conn_set_rdata(c, u, upload_free);
+    conn_set_rdata(c, u, upload_gone);
     u->stage = UP_OPEN;
     sqe = conn_op_sqe(c, on_open);
     io_uring_prep_openat(sqe, store_dirfd(), ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0640);
@@ -147,6 +165,8 @@ static void on_open(struct conn *c, int res)
         return;
     }
     u->fd = res;
+    u->started = true;
+    met_inc(&u->ring->met.up_started[MET_UP_PUT]);
     snprintf(u->proc, sizeof(u->proc), "/proc/self/fd/%d", res);
     u->stage = UP_BODY;
     /* The client waits for this before sending the body; the checks are behind us. */
@@ -188,6 +208,7 @@ static void on_write(struct conn *c, int res)
         return;
     }
     u->written += (uint64_t)res;
+    met_add(&u->ring->met.up_bytes_buffered, (uint64_t)res);
     u->wptr += res;
     u->wlen -= (size_t)res;
     if (u->wlen > 0) {
@@ -301,6 +322,7 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
     if (err != 0) {
         /* No row: the linked file must not stay visible. */
         unlinkat(store_dirfd(), u->key, 0);
+        count_failure(u, MET_UF_DATABASE);
         if (c != NULL) {
             route_error(c, conn_head(c), 503, "database_unavailable",
                         "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
@@ -309,6 +331,7 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
         free(u);
         return;
     }
+    met_upload_done(&u->ring->met, MET_UP_PUT, c != NULL ? conn_elapsed_us(c) : 0);
     if (c == NULL) {
         /* Stored and recorded; the client left before hearing so. */
         free(u);

@@ -1106,6 +1106,27 @@ def t_metrics(ctx):
             time.sleep(0.1)
         expect_eq('ringup_requests_total{code="201"} increase after 4 uploads', 4, d201)
         expect_eq('ringup_requests_total{code="413"} increase after one 413', 1, d413)
+        # The upload families: 4 started and completed on the PUT route, the bytes written,
+        # and an upload cut by its client counted as client_gone.
+        expect_eq("uploads started (put)", 4, m.value("ringup_uploads_started_total", route="put"))
+        expect_eq("uploads completed (put)", 4,
+                  m.value("ringup_uploads_completed_total", route="put"))
+        expect_eq("upload bytes (buffered)", 1000 + 2000 + 3000 + 5000,
+                  m.value("ringup_upload_bytes_total", path="buffered"))
+        expect_eq("upload duration count", 4, m.value("ringup_upload_duration_seconds_count"))
+        c = Conn(env.port)
+        c.send(put_head("m-cut.bin", env.token, 100000) + body_of(50000))
+        time.sleep(0.3)
+        c.close()
+        deadline = time.monotonic() + 3.0
+        gone = 0
+        while time.monotonic() < deadline:
+            m = db_routes.scrape(env.port)
+            gone = m.value("ringup_uploads_failed_total", route="put", reason="client_gone") or 0
+            if gone == 1:
+                break
+            time.sleep(0.1)
+        expect_eq("uploads failed (put, client_gone)", 1, gone)
 
 
 # ==========================================================================
