@@ -14,9 +14,11 @@ struct conn;
 
 /* What a handler did with a request head. */
 enum route_verdict {
-    ROUTE_ANSWERED,  /* the response is queued */
-    ROUTE_SKIP_BODY, /* the route takes no body: skip it, then call again with skipped */
-    ROUTE_PENDING,   /* the route answers later, then calls conn_resume() */
+    ROUTE_ANSWERED, /* the response is queued */
+    ROUTE_SKIP_BODY,
+    /* the route takes no body: skip it, then call again with skipped */
+    ROUTE_PENDING, /* the route answers later, then calls conn_resume() */
+    ROUTE_BODY,    /* not answered yet: the route takes the body now (conn_take_body) */
 };
 
 /*

@@ -367,7 +367,8 @@ static void on_token(void *ud, uint64_t tag, PGresult *res, int err)
 /* Continue after the token lookup answered: the route runs, or answers at once. */
 static void run(struct conn *c, struct v1_req *q)
 {
-    if (run_route(c, q) == ROUTE_ANSWERED)
+    /* ANSWERED, or BODY (the route reads the body from here): the connection goes on. */
+    if (run_route(c, q) != ROUTE_PENDING)
         conn_resume(c);
     /* ROUTE_PENDING: the route's callback resumes the connection. */
 }
@@ -426,19 +427,55 @@ static enum route_verdict authenticate(struct conn *c, const struct http_head *h
  * MAX_FILE_SIZE: 413 before a byte of the body is read), then auth, then
  * route_upload_begin().
  */
+/* The file name of a raw POST: X-Filename, else Content-Disposition's filename, else "file". */
+static struct http_span post_name(const struct http_head *h)
+{
+    struct http_span v;
+    struct http_span none = {"file", 4};
+    const char *f;
+    const char *end;
+
+    if (http_header(h, "x-filename", &v) && v.len > 0)
+        return v;
+    if (!http_header(h, "content-disposition", &v))
+        return none;
+    f = memmem(v.p, v.len, "filename=", 9);
+    if (f == NULL)
+        return none;
+    f += 9;
+    end = v.p + v.len;
+    if (f < end && *f == '"') {
+        const char *q = memchr(f + 1, '"', (size_t)(end - f - 1));
+        v.p = f + 1;
+        v.len = q != NULL ? (size_t)(q - f - 1) : (size_t)(end - f - 1);
+    } else {
+        const char *semi = memchr(f, ';', (size_t)(end - f));
+        v.p = f;
+        v.len = semi != NULL ? (size_t)(semi - f) : (size_t)(end - f);
+    }
+    return v.len > 0 ? v : none;
+}
+
 static enum route_verdict put_head(struct conn *c, const struct http_head *h,
                                    const struct http_parser *p, struct http_span path, bool close)
 {
     struct ring *r = conn_ring(c);
     struct http_span cl;
+    struct http_span ct;
     struct v1_req *q;
+    uint64_t limit = r->cfg->max_file_size;
+    bool post = h->method == HTTP_POST;
 
     if (!http_chunked(p) && !http_header(h, "content-length", &cl)) {
         route_error(c, h, 411, "length_required",
-                    "A PUT needs Content-Length or Transfer-Encoding: chunked.", true, NULL);
+                    "An upload needs Content-Length or Transfer-Encoding: chunked.", true, NULL);
         return ROUTE_ANSWERED;
     }
-    if (http_content_length(p) > r->cfg->max_file_size) {
+    /* A form carries up to MAX_FILES_PER_REQUEST files, each checked as it grows. */
+    if (post && http_header(h, "content-type", &ct) && ct.len >= 10 &&
+        strncasecmp(ct.p, "multipart/", 10) == 0)
+        limit = limit * r->cfg->max_files_per_request + (1u << 20);
+    if (http_content_length(p) > limit) {
         route_error(c, h, 413, "too_large", "The file is larger than MAX_FILE_SIZE.", true, NULL);
         return ROUTE_ANSWERED;
     }
@@ -450,7 +487,12 @@ static enum route_verdict put_head(struct conn *c, const struct http_head *h,
     q->route = V1_PUT;
     q->close = close;
     q->expected = http_content_length(p);
-    ids_filename(path.p + 10, path.len - 10, q->name);
+    if (post) {
+        struct http_span n = post_name(h);
+        ids_filename(n.p, n.len, q->name);
+    } else {
+        ids_filename(path.p + 10, path.len - 10, q->name);
+    }
     return authenticate(c, h, q);
 }
 
@@ -472,6 +514,13 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
                       "Upload-Length, Upload-Metadata, Upload-Checksum, Upload-Concat, "
                       "Upload-Defer-Length, Tus-Resumable\r\n"
                       "Access-Control-Max-Age: 600\r\n");
+        return ROUTE_ANSWERED;
+    }
+    if (span_eq(path, "/v1/uploads")) {
+        if (h->method == HTTP_POST)
+            return put_head(c, h, p, path, close);
+        route_error(c, h, 405, "method_not_allowed", "This route does not take that method.", true,
+                    "Allow: POST, OPTIONS\r\n");
         return ROUTE_ANSWERED;
     }
     if (path.len > 10 && memcmp(path.p, "/v1/files/", 10) == 0 && h->method == HTTP_PUT &&

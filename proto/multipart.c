@@ -445,6 +445,8 @@ int mp_boundary(const char *content_type, size_t len, char out[MP_BOUNDARY_MAX +
     int blen = 0;
     int rc;
 
+    if (len == 0)
+        return -EBADMSG;
     while (k < len && s[k] != ';' && !is_ows(s[k]))
         k++;
     if (!ieq(s + start, k - start, "multipart/form-data"))
@@ -518,8 +520,8 @@ static enum match dl_next(const struct mp_parser *p, size_t pos, char last, char
  * them last). On M_DELIM and M_CLOSE *used is the bytes of s taken; on M_MORE
  * all of s was.
  */
-static enum match dl_run(const struct mp_parser *p, size_t pos, char last, const char *s,
-                         size_t n, size_t *used)
+static enum match dl_run(const struct mp_parser *p, size_t pos, char last, const char *s, size_t n,
+                         size_t *used)
 {
     size_t i = 0;
 

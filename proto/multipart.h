@@ -40,13 +40,14 @@ struct mp_span {
 };
 
 /*
- * What a part's headers say. Each string is NUL-terminated, holds no control
- * characters, and has its length beside it.
+ * What a part's headers say. Each string is NUL-terminated and has its
+ * length beside it. None holds a control character, but content_type may
+ * hold tabs (legal in a header value).
  */
 struct mp_part {
-    char name[MP_NAME_MAX + 1];         /* the name parameter of Content-Disposition */
-    char filename[MP_FILENAME_MAX + 1]; /* filename* decoded to UTF-8 if given, else filename
-                                           unquoted; "" when neither is */
+    char name[MP_NAME_MAX + 1];          /* the name parameter of Content-Disposition */
+    char filename[MP_FILENAME_MAX + 1];  /* filename* decoded to UTF-8 if given, else filename
+                                            unquoted; "" when neither is */
     char content_type[MP_CTYPE_MAX + 1]; /* Content-Type as sent, "" when absent */
     uint16_t name_len;                   /* bytes in name */
     uint16_t filename_len;               /* bytes in filename */
@@ -83,19 +84,19 @@ enum mp_state {
  * mp_init(); nothing in it needs freeing. Fields are read-only to callers.
  */
 struct mp_parser {
-    enum mp_state state;                  /* where in the body we are */
-    int err;                              /* MP_S_ERROR: the error, negative errno */
-    uint8_t dlen;                         /* bytes in delim */
-    uint8_t hold;                         /* carry[0..hold): a delimiter prefix held back */
-    char delim[4 + MP_BOUNDARY_MAX];      /* CRLF "--" boundary */
-    char carry[MP_CARRY_MAX];             /* held-back bytes, or data reported from here */
-    uint32_t hlen;                        /* bytes in hbuf */
-    uint32_t line;                        /* offset in hbuf of the header line in progress */
-    uint32_t parts;                       /* PART_BEGIN events so far */
-    uint32_t files;                       /* of those, parts with is_file */
-    uint64_t part_bytes;                  /* body bytes of the current part reported so far */
-    struct mp_part part;                  /* the current part */
-    char hbuf[MP_HEADER_MAX];             /* the current part's header block */
+    enum mp_state state;             /* where in the body we are */
+    int err;                         /* MP_S_ERROR: the error, negative errno */
+    uint8_t dlen;                    /* bytes in delim */
+    uint8_t hold;                    /* carry[0..hold): a delimiter prefix held back */
+    char delim[4 + MP_BOUNDARY_MAX]; /* CRLF "--" boundary */
+    char carry[MP_CARRY_MAX];        /* held-back bytes, or data reported from here */
+    uint32_t hlen;                   /* bytes in hbuf */
+    uint32_t line;                   /* offset in hbuf of the header line in progress */
+    uint32_t parts;                  /* PART_BEGIN events so far */
+    uint32_t files;                  /* of those, parts with is_file */
+    uint64_t part_bytes;             /* body bytes of the current part reported so far */
+    struct mp_part part;             /* the current part */
+    char hbuf[MP_HEADER_MAX];        /* the current part's header block */
 };
 
 /*
@@ -110,8 +111,7 @@ int mp_boundary(const char *content_type, size_t len, char out[MP_BOUNDARY_MAX +
 
 /*
  * Prepare p for a body with the given boundary (as mp_boundary() returns
- * it; not copied by reference). An invalid boundary leaves p dead with
- * -EINVAL.
+ * it; p keeps a copy). An invalid boundary leaves p dead with -EINVAL.
  */
 void mp_init(struct mp_parser *p, const char *boundary, size_t blen);
 

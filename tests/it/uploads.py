@@ -1225,3 +1225,111 @@ def t_cors(ctx):
         no = cors_req(env.port, "OPTIONS", "/v1/files", "https://evil.example")
         expect_eq("Allow-Origin for an unlisted origin", None,
                   no.hget("access-control-allow-origin"))
+
+
+# ==========================================================================
+# POST /v1/uploads: multipart/form-data and raw bodies
+
+
+def form(parts, boundary="----ringupBoundary7MA4YWxk"):
+    """A multipart/form-data body: parts are (field, filename or None, bytes, content type)."""
+    out = b""
+    for field, filename, data, ctype in parts:
+        out += b"--" + boundary.encode() + b"\r\n"
+        disp = 'form-data; name="%s"' % field
+        if filename is not None:
+            disp += '; filename="%s"' % filename
+        out += ("Content-Disposition: %s\r\n" % disp).encode()
+        if ctype:
+            out += ("Content-Type: %s\r\n" % ctype).encode()
+        out += b"\r\n" + data + b"\r\n"
+    return out + b"--" + boundary.encode() + b"--\r\n", boundary
+
+
+def post(port, body, token, headers=(), timeout=30.0):
+    c = Conn(port)
+    lines = ["POST /v1/uploads HTTP/1.1", "Host: t", "Authorization: Bearer %s" % token,
+             "Content-Length: %d" % len(body)]
+    lines += ["%s: %s" % h for h in headers]
+    c.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    r = c.read_response(what="POST /v1/uploads", timeout=timeout)
+    c.close()
+    return r
+
+
+@_test("upload: multipart with 1 and 5 files (+ a field, boundary look-alikes) -> 201, exact "
+       "files; 6 files -> 413 too_many_files and nothing stored")
+def t_multipart(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        tricky = b"--" + b"----ringupBoundary7MA4YWxk" + b"x\r\n--not\r\n\r\n-" + body_of(70000)
+        datas = [tricky] + [body_of(10000 * i + 3) for i in range(1, 5)]
+        for count in (1, 5):
+            parts = [("note", None, b"just a field", None)]
+            parts += [("f%d" % i, "file%d.bin" % i, datas[i], "application/octet-stream")
+                      for i in range(count)]
+            body, b = form(parts)
+            r = post(env.port, body, env.token,
+                     (("Content-Type", "multipart/form-data; boundary=%s" % b),))
+            expect_status(r, 201)
+            files = r.json()["files"]
+            expect_eq("files in the answer", count, len(files))
+            for i, f in enumerate(files):
+                expect_eq("name of part %d" % i, "file%d.bin" % i, f["name"])
+                expect_eq("size of part %d" % i, len(datas[i]), f["size"])
+                path = os.path.join(env.storage, env.key(f["id"]))
+                with open(path, "rb") as fh:
+                    expect_eq("bytes of part %d" % i, hashlib.sha256(datas[i]).hexdigest(),
+                              hashlib.sha256(fh.read()).hexdigest())
+        stored = len(env.rows())
+        parts = [("f%d" % i, "x%d.bin" % i, body_of(1000), None) for i in range(6)]
+        body, b = form(parts)
+        r = post(env.port, body, env.token,
+                 (("Content-Type", "multipart/form-data; boundary=%s" % b),))
+        error_of(r, 413, "too_many_files", "6 files in one form")
+        time.sleep(0.3)
+        expect_eq("rows after the refused form", stored, len(env.rows()))
+        count = sum(len(fs) for _, _, fs in os.walk(os.path.join(env.storage, "objects")))
+        expect_eq("files after the refused form", stored, count)
+        env.still_serving("after the forms")
+
+
+@_test("upload: malformed multipart (no final boundary, no Content-Disposition, bad boundary) "
+       "-> 400, nothing stored")
+def t_multipart_bad(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        b = "XyZ"
+        ct = (("Content-Type", "multipart/form-data; boundary=%s" % b),)
+        no_end = b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n" \
+            + body_of(5000)
+        no_disp = b"--XyZ\r\nContent-Type: text/plain\r\n\r\nabc\r\n--XyZ--\r\n"
+        for what, body, headers in (("no final boundary", no_end, ct),
+                                    ("no Content-Disposition", no_disp, ct),
+                                    ("no boundary parameter", no_disp,
+                                     (("Content-Type", "multipart/form-data"),))):
+            r = post(env.port, body, env.token, headers)
+            error_of(r, 400, "bad_request", what)
+        time.sleep(0.3)
+        expect_eq("rows", 0, len(env.rows()))
+        count = sum(len(fs) for _, _, fs in os.walk(os.path.join(env.storage, "objects")))
+        expect_eq("files", 0, count)
+        env.still_serving("after the malformed forms")
+
+
+@_test("upload: raw POST /v1/uploads named by X-Filename or Content-Disposition -> 201")
+def t_raw_post(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        for headers, want in (((("X-Filename", "x.bin"),), "x.bin"),
+                              ((("Content-Disposition", 'attachment; filename="d.bin"'),), "d.bin"),
+                              ((), "file")):
+            data = body_of(12345)
+            r = post(env.port, data, env.token,
+                     (("Content-Type", "application/octet-stream"),) + headers)
+            expect_status(r, 201)
+            f = r.json()["files"][0]
+            expect_eq("name", want, f["name"])
+            path = os.path.join(env.storage, env.key(f["id"]))
+            with open(path, "rb") as fh:
+                expect_eq("bytes", data, fh.read())
