@@ -16,9 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 #include <libpq-fe.h>
+#include <liburing.h>
 
 #include "engine/auth.h"
 #include "engine/conn.h"
@@ -26,6 +28,7 @@
 #include "engine/log.h"
 #include "engine/met.h"
 #include "engine/ring.h"
+#include "engine/store.h"
 #include "engine/token.h"
 #include "proto/ids.h"
 
@@ -253,21 +256,57 @@ static void on_content(void *ud, uint64_t tag, PGresult *res, int err)
     free(q);
 }
 
+/* The stored bytes of a deleted row, being unlinked. */
+struct unlink_op {
+    bool close;
+    char key[STORE_KEY_MAX];
+};
+
+static void on_unlinked(struct conn *c, int res)
+{
+    struct unlink_op *u = c->rdata;
+    bool close = u->close;
+
+    if (res < 0 && res != -ENOENT)
+        log_warn("deleted file's bytes not removed", "key=%s error=%s", u->key, strerror(-res));
+    conn_set_rdata(c, NULL, NULL);
+    free(u);
+    answer_json(c, 204, NULL, close);
+    conn_resume(c);
+}
+
 static void on_delete(void *ud, uint64_t tag, PGresult *res, int err)
 {
     struct v1_req *q = ud;
-    struct conn *c = requester(q);
+    struct conn *c = conn_deref(q->ring, tag);
+    struct unlink_op *u;
+    struct io_uring_sqe *sqe;
 
-    (void)tag;
-    if (c == NULL)
+    if (c == NULL) {
+        /* The row is gone: its bytes must go too, even with nobody to tell. */
+        if (err == 0 && PQntuples(res) > 0)
+            unlinkat(store_dirfd(), PQgetvalue(res, 0, 0), 0);
+        free(q);
         return;
-    if (err != 0)
-        unavailable(c, err, q->close);
-    else if (PQntuples(res) == 0)
-        route_error(c, conn_head(c), 404, "not_found", "No such file.", q->close, NULL);
-    else
-        answer_json(c, 204, NULL, q->close);
-    done(c, q);
+    }
+    if (err != 0 || PQntuples(res) == 0) {
+        if (err != 0)
+            unavailable(c, err, q->close);
+        else
+            route_error(c, conn_head(c), 404, "not_found", "No such file.", q->close, NULL);
+        done(c, q);
+        return;
+    }
+    /* The row went first: a file without a row is invisible, a row without bytes is not. */
+    u = malloc(sizeof(*u));
+    if (u == NULL)
+        log_oom();
+    u->close = q->close;
+    snprintf(u->key, sizeof(u->key), "%s", PQgetvalue(res, 0, 0));
+    free(q);
+    conn_set_rdata(c, u, free);
+    sqe = conn_op_sqe(c, on_unlinked);
+    io_uring_prep_unlinkat(sqe, store_dirfd(), u->key, 0);
 }
 
 /* Reads go to the replica when there is one. */

@@ -1333,3 +1333,18 @@ def t_raw_post(ctx):
             path = os.path.join(env.storage, env.key(f["id"]))
             with open(path, "rb") as fh:
                 expect_eq("bytes", data, fh.read())
+
+
+@_test("upload: DELETE /v1/files/{id} removes the row and the stored bytes")
+def t_delete_bytes(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        doc = env.put_ok("gone.bin", body_of(4321), check_get=False)
+        path = os.path.join(env.storage, env.key(doc["id"]))
+        expect(os.path.exists(path), "the stored file is missing before the DELETE", path, None)
+        r = db_routes.api(env.port, "DELETE", "/v1/files/%s" % doc["id"], env.token)
+        expect_status(r, 204)
+        expect(not os.path.exists(path), "the stored bytes outlived their DELETE",
+               "no file at " + path, "still there")
+        expect_eq("rows", 0, len(env.rows()))
+        expect_status(get_content(env.port, doc["id"], env.token), 404)
