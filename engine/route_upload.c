@@ -266,7 +266,7 @@ static void on_sync(struct conn *c, int res)
     submit_link(c, u);
 }
 
-static void insert_rows(struct conn *c, struct upload *u);
+static bool insert_rows(struct conn *c, struct upload *u);
 
 /* The current file has its name: close it and go on with the request. */
 static void file_linked(struct conn *c, struct upload *u)
@@ -277,8 +277,8 @@ static void file_linked(struct conn *c, struct upload *u)
     u->cur = NULL;
     if (u->mp != NULL)
         resume_feed(c, u);
-    else
-        insert_rows(c, u);
+    else if (!insert_rows(c, u))
+        conn_resume(c);
 }
 
 static void on_link(struct conn *c, int res)
@@ -365,6 +365,7 @@ static void answer(struct conn *c, struct upload *u)
     cJSON_Delete(doc);
 }
 
+/* One file's row is in (err 0) or not; tag is the file's index. */
 static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
 {
     struct upload *u = ud;
@@ -372,13 +373,17 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
     uint32_t i;
 
     (void)res;
-    if (err != 0 && u->insert_err == 0)
-        u->insert_err = err;
+    if (err != 0) {
+        /* No row for this file: its bytes must not stay behind. */
+        unlinkat(store_dirfd(), u->files[tag].key, 0);
+        if (u->insert_err == 0)
+            u->insert_err = err;
+    }
     if (--u->inserts > 0)
         return;
-    c = conn_deref(u->ring, tag);
-    if (u->insert_err != 0) {
-        /* The rows that did land stay with their files; the request is answered 503. */
+    c = conn_deref(u->ring, u->conn);
+    if (u->insert_err !=
+        0) { /* Rows that did land stay with their files; the request is answered 503. */
         count_failure(u, MET_UF_DATABASE);
         if (c != NULL) {
             route_error(c, conn_head(c), 503, "database_unavailable",
@@ -400,15 +405,18 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
     free(u);
 }
 
-/* Every file is linked: insert their rows (they leave as one statement this loop turn). */
-static void insert_rows(struct conn *c, struct upload *u)
+/*
+ * Every file is linked: insert their rows (they leave as one statement this
+ * loop turn); the last answer resumes the connection. Returns false when it
+ * answered at once instead (the caller goes on with the connection).
+ */
+static bool insert_rows(struct conn *c, struct upload *u)
 {
     uint32_t i;
 
     if (u->nfiles == 0) {
         fail(c, u, 400, "bad_request", "The form holds no file.");
-        conn_resume(c);
-        return;
+        return false;
     }
     conn_set_rdata(c, NULL, NULL); /* the inserts own the upload now */
     u->inserts = u->nfiles;
@@ -416,16 +424,25 @@ static void insert_rows(struct conn *c, struct upload *u)
         struct db_file_row row = {
             u->files[i].id,  u->user, u->files[i].name, u->files[i].written, "queued",
             u->files[i].key, 0};
-        int ret = db_insert_file(&u->ring->db[0], &row, on_inserted, u, u->conn);
+        int ret = db_insert_file(&u->ring->db[0], &row, on_inserted, u, i);
         if (ret < 0) {
-            /* Refused at once: for this row, the same as an answer with an error. */
-            for (; i < u->nfiles; i++) {
-                unlinkat(store_dirfd(), u->files[i].key, 0);
-                on_inserted(u, u->conn, NULL, ret);
-            }
-            return;
+            /* Refused at once (database down, queue full): no row for this file. */
+            unlinkat(store_dirfd(), u->files[i].key, 0);
+            u->files[i].linked = false;
+            if (u->insert_err == 0)
+                u->insert_err = ret;
+            u->inserts--;
         }
     }
+    if (u->inserts > 0)
+        return true; /* the last answer resumes the connection */
+    /* Every row was refused at once: answer now, without resuming (we are inside a call). */
+    count_failure(u, MET_UF_DATABASE);
+    route_error(c, conn_head(c), 503, "database_unavailable",
+                "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
+    free(u->mp);
+    free(u);
+    return false;
 }
 
 /* ---- multipart: feed the parser until an op is in flight or the span is used up ---- */
@@ -574,6 +591,5 @@ enum route_verdict route_body_end(struct conn *c)
         fail(c, u, 400, "bad_request", "The multipart body ends before its final boundary.");
         return ROUTE_ANSWERED;
     }
-    insert_rows(c, u);
-    return ROUTE_PENDING;
+    return insert_rows(c, u) ? ROUTE_PENDING : ROUTE_ANSWERED;
 }

@@ -1348,3 +1348,30 @@ def t_delete_bytes(ctx):
                "no file at " + path, "still there")
         expect_eq("rows", 0, len(env.rows()))
         expect_status(get_content(env.port, doc["id"], env.token), 404)
+
+
+@_test("upload: database unreachable -> 503 database_unavailable and no file left behind")
+def t_db_down(ctx):
+    base = harness.tmpdir()
+    storage = os.path.join(base, "store")
+    os.mkdir(storage)
+    s = ctx.server("--storage-dir", storage, "--allow-anonymous", "true",
+                   env={"DATABASE_URL": "postgresql:///x?host=/nonexistent"})
+    time.sleep(0.3)  # the pool's first attempts fail
+    for what, send in (("raw PUT", lambda: put(s.port, "down.bin", body_of(50000), None)),
+                       ("form", lambda: post_anon(s.port))):
+        r = send()
+        error_of(r, 503, "database_unavailable", what)
+    count = sum(len(fs) for _, _, fs in os.walk(os.path.join(storage, "objects")))
+    expect_eq("files under objects/ after refused uploads", 0, count)
+
+
+def post_anon(port):
+    body, b = form([("f", "a.bin", body_of(3000), None)])
+    c = Conn(port)
+    head = ("POST /v1/uploads HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+            "Content-Type: multipart/form-data; boundary=%s\r\n\r\n" % (len(body), b))
+    c.send(head.encode() + body)
+    r = c.read_response(what="an anonymous form")
+    c.close()
+    return r
