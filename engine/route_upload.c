@@ -472,7 +472,8 @@ static enum feed_result feed(struct conn *c, struct upload *u)
         case MP_EV_NONE:
             return FEED_DONE;
         case MP_EV_PART_BEGIN:
-            if (!ev.part->is_file)
+            /* filename="" is a browser's empty file input: a field, not a file. */
+            if (!ev.part->is_file || ev.part->filename_len == 0)
                 break;
             if (u->nfiles == u->maxfiles) {
                 fail(c, u, 413, "too_many_files", "More files than MAX_FILES_PER_REQUEST.");

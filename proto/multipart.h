@@ -1,7 +1,7 @@
 /*
  * multipart: a streaming multipart/form-data parser (RFC 7578 over RFC
  * 2046). Pure code over byte spans: no I/O, no clock, no allocation. The
- * caller owns the parser (fixed size, ~11 KiB) and every input buffer.
+ * caller owns the parser (fixed size, about 10 KiB) and every input buffer.
  *
  * The body is fed in receive-buffer pieces with mp_feed(), which stops at
  * each event: a part's headers parsed, a span of its body, its end, the close
@@ -46,8 +46,9 @@ struct mp_span {
  */
 struct mp_part {
     char name[MP_NAME_MAX + 1];          /* the name parameter of Content-Disposition */
-    char filename[MP_FILENAME_MAX + 1];  /* filename* decoded to UTF-8 if given, else filename
-                                            unquoted; "" when neither is */
+    char filename[MP_FILENAME_MAX + 1];  /* filename* decoded (checked UTF-8) if given, else
+                                            filename unquoted (bytes as sent); "" when neither
+                                            is. Not a safe path: may hold '/' and ".." */
     char content_type[MP_CTYPE_MAX + 1]; /* Content-Type as sent, "" when absent */
     uint16_t name_len;                   /* bytes in name */
     uint16_t filename_len;               /* bytes in filename */
@@ -119,11 +120,14 @@ void mp_init(struct mp_parser *p, const char *boundary, size_t blen);
  * Feed body bytes. Consumes some of data, stops at the first event, and
  * returns the bytes consumed; call again with the rest, also with zero bytes
  * left (an event may be pending with nothing left to consume). MP_EV_NONE
- * means every byte was consumed. A DATA span points into data, or into
- * p->carry; either way it is valid only until the next mp_feed() call (and
- * data's own lifetime), so a caller that keeps it longer copies it. Bytes
- * consumed but not yet reported are copied into p. part strings stay valid
- * until the next PART_BEGIN.
+ * means every byte was consumed. A DATA span points into data (valid as
+ * long as data is), or, for bytes held back from an earlier buffer, into
+ * p->carry: valid only until the next mp_feed() call, so a caller that
+ * writes it asynchronously copies it or waits before feeding again. Bytes
+ * consumed but not yet reported are copied into p: a buffer may be released
+ * once the spans into it are written. part strings stay valid until the next
+ * PART_BEGIN. Preamble and epilogue are skipped without limit (nothing is
+ * stored); the caller's body limit bounds them.
  *
  * Returns -EBADMSG for a malformed part header block (bare LF, folded or
  * malformed lines, no Content-Disposition: form-data with a name, duplicate
