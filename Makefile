@@ -34,7 +34,7 @@ FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 REPLAY_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/replay/%)
 FUZZ_BIN   := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all run test asan test-suite units fuzz check format check-format bench-healthz bench-db clean \
+.PHONY: all run test asan test-suite units fuzz check format check-format bench-healthz bench-db bench-put clean \
         devstack-start devstack-stop
 
 all: ringup
@@ -147,6 +147,10 @@ $(BUILD)/bench/%: bench/%.c $(LIB_OBJ) $(LLHTTP_OBJ)
 
 bench-db: ringup $(BUILD)/bench/dbload
 	bench/dbload.sh
+
+bench-put: ringup
+	tools/bootstrap --bench
+	bench/put.sh
 
 bench-healthz: ringup
 	tools/bootstrap --bench
