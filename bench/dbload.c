@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,6 +22,7 @@
 #include "engine/db.h"
 #include "engine/log.h"
 #include "engine/ring.h"
+#include "engine/store.h"
 
 struct load {
     unsigned long issued;
@@ -43,26 +43,6 @@ static void on_row(void *ud, uint64_t tag, struct pg_result *res, int err)
         if (l->first_err == 0)
             l->first_err = err;
     }
-}
-
-static void uuid4(char out[37])
-{
-    static const char hex[] = "0123456789abcdef";
-    unsigned char b[16];
-    unsigned i;
-    unsigned o = 0;
-
-    if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b))
-        abort();
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    for (i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[o++] = '-';
-        out[o++] = hex[b[i] >> 4];
-        out[o++] = hex[b[i] & 15];
-    }
-    out[o] = '\0';
 }
 
 static double now_s(void)
@@ -143,7 +123,7 @@ int main(int argc, char **argv)
             if (dup_every != 0 && l.issued % dup_every == dup_every - 1 && prev_id[0] != '\0')
                 memcpy(id, prev_id, sizeof(id));
             else
-                uuid4(id);
+                store_new_id(id);
             memcpy(prev_id, id, sizeof(prev_id));
             snprintf(name, sizeof(name), "row-%lu \"q\"", l.issued);
             snprintf(key, sizeof(key), "objects/%.2s/%.2s/%s", id, id + 2, id);
