@@ -365,9 +365,22 @@ static void on_timer(struct tmr *t)
         conn_close(c);
         return;
     }
+    if (c->waiting &&
+        (c->out_first == NULL || c->active_ms + r->cfg->connection_timeout > r->now_ms)) {
+        /*
+         * The server is the slow one (a database answer, a disk write): the route's
+         * own timeouts apply. But output that the client has not taken for
+         * CONNECTION_TIMEOUT (a download nobody reads) is the client's stall.
+         */
+        uint64_t next = r->now_ms + r->cfg->connection_timeout;
+        if (c->out_first != NULL && c->active_ms + r->cfg->connection_timeout < next)
+            next = c->active_ms + r->cfg->connection_timeout;
+        tmr_set(&r->timers, t, next);
+        return;
+    }
     if (c->waiting) {
-        /* The server is the slow one (a database answer): the route's own timeouts apply. */
-        tmr_set(&r->timers, t, r->now_ms + r->cfg->connection_timeout);
+        met_inc(&r->met.conn_timed_out);
+        conn_close(c);
         return;
     }
     if (when > r->now_ms) {

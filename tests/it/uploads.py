@@ -1375,3 +1375,34 @@ def post_anon(port):
     r = c.read_response(what="an anonymous form")
     c.close()
     return r
+
+
+@_test("upload: a download nobody reads is cut after CONNECTION_TIMEOUT")
+def t_download_stall(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--connection-timeout", 1000)
+        doc = env.put_ok("stall.bin", body_of(8 * MIB), check_get=False)
+        c = Conn(env.port)
+        c.send(("GET /v1/files/%s/content HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s"
+                "\r\n\r\n" % (doc["id"], env.token)).encode())
+        time.sleep(3.5)  # read nothing: the server's output stalls
+        got = 0
+        closed = False
+        deadline = time.monotonic() + 15
+        c.sock.settimeout(5.0)
+        while time.monotonic() < deadline:
+            try:
+                d = c.sock.recv(1 << 20)
+            except socket.timeout:
+                break
+            except OSError:
+                closed = True
+                break
+            if not d:
+                closed = True
+                break
+            got += len(d)
+        c.close()
+        expect(closed and got < 8 * MIB, "a stalled download was not cut",
+               "the connection closed before all 8 MiB", "closed=%s after %d bytes" % (closed, got))
+        env.still_serving("after the stalled download")
