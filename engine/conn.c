@@ -624,11 +624,6 @@ void conn_flush(struct conn *c)
     flush(c);
 }
 
-uint64_t conn_out_queued(const struct conn *c)
-{
-    return c->out_bytes;
-}
-
 void conn_set_rdata(struct conn *c, void *rdata, void (*free_fn)(void *rdata))
 {
     c->rdata = rdata;

@@ -208,9 +208,6 @@ void conn_on_drain(struct conn *c, conn_op_fn fn);
 /* Send what is queued now (routes that fill the output outside a request event). */
 void conn_flush(struct conn *c);
 
-/* Bytes queued on the output chain and not yet sent. */
-uint64_t conn_out_queued(const struct conn *c);
-
 /* A route op CQE (ring dispatch). */
 void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res);
 

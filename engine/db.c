@@ -1034,11 +1034,6 @@ void db_pool_stop(struct db_pool *p)
             drop(&p->conns[i], -EIO);
 }
 
-bool db_pool_idle(const struct db_pool *p)
-{
-    return p->open == 0 && p->waiting == 0;
-}
-
 void db_pool_free(struct db_pool *p)
 {
     struct db_query *q;

@@ -208,7 +208,4 @@ void db_on_poll(struct db_pool *p, uint8_t idx, uint16_t gen, int res);
 /* End of a loop turn: send what was queued (one write per connection). */
 void db_tick(struct db_pool *p);
 
-/* True when no connection, query or poll of the pool is left (after db_pool_stop). */
-bool db_pool_idle(const struct db_pool *p);
-
 #endif /* ENGINE_DB_H */

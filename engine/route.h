@@ -59,6 +59,7 @@ void route_respond(struct conn *c, const struct http_head *h, int status, const 
                    const char *body, size_t body_len, bool head_only, bool close,
                    const char *extra);
 
+#define ROUTE_JSON "application/json" /* Content-Type of every JSON body */
 #define ROUTE_HEAD_MAX 4096 /* the largest response head (extra and CORS lines included) */
 
 /*

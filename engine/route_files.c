@@ -32,7 +32,6 @@
 #include "engine/token.h"
 #include "proto/ids.h"
 
-#define JSON_TYPE "application/json"
 #define ID_LEN IDS_UUID_LEN
 #define LIST_DEFAULT 50 /* files per page without ?limit */
 #define LIST_MAX 1000   /* largest ?limit */
@@ -96,7 +95,7 @@ static void answer_json(struct conn *c, int status, cJSON *doc, bool close)
 
     if (doc != NULL && body == NULL)
         log_oom();
-    route_respond(c, conn_head(c), status, body != NULL ? JSON_TYPE : NULL, body,
+    route_respond(c, conn_head(c), status, body != NULL ? ROUTE_JSON : NULL, body,
                   body != NULL ? strlen(body) : 0, conn_head(c)->method == HTTP_HEAD, close, NULL);
     free(body);
 }

@@ -15,7 +15,6 @@
 #include "proto/json.h"
 #include "proto/prom.h"
 
-#define JSON_TYPE "application/json"
 #define ERR_BODY_MAX 512
 #define METRICS_MAX (256 * 1024) /* /metrics body */
 
@@ -89,11 +88,12 @@ static const char *with_cors(struct conn *c, const struct http_head *h, const ch
     bool any;
     int n;
 
-    if (h == NULL || !http_header(h, "origin", &origin))
+    if (h == NULL)
         return extra;
+    /* The path first: most responses (/healthz, /metrics) end here without a header scan. */
     path = http_path(h);
-    if (path.len < 4 || memcmp(path.p, "/v1/", 4) != 0 || !origin_allowed(cfg, origin) ||
-        origin.len > 256)
+    if (path.len < 4 || memcmp(path.p, "/v1/", 4) != 0 || !http_header(h, "origin", &origin) ||
+        origin.len > 256 || !origin_allowed(cfg, origin))
         return extra;
     any = strcmp(cfg->cors_origins, "*") == 0;
     n = snprintf(buf, CORS_EXTRA_MAX, "Access-Control-Allow-Origin: %.*s\r\n%s" CORS_EXPOSE "%s",
@@ -163,7 +163,7 @@ void route_error(struct conn *c, const struct http_head *h, int status, const ch
 
     if (n < 0)
         abort(); /* messages here are short literals */
-    route_respond(c, h, status, JSON_TYPE, body, (size_t)n, head_only, close, extra);
+    route_respond(c, h, status, ROUTE_JSON, body, (size_t)n, head_only, close, extra);
 }
 
 void route_fail(struct conn *c, int err, const struct http_head *h)
@@ -203,7 +203,7 @@ static void route_healthz(struct conn *c, const struct http_head *h, bool close)
         method_not_allowed(c, h, close, "Allow: GET, HEAD\r\n");
         return;
     }
-    route_respond(c, h, 200, JSON_TYPE, health_body, sizeof(health_body) - 1,
+    route_respond(c, h, 200, ROUTE_JSON, health_body, sizeof(health_body) - 1,
                   h->method == HTTP_HEAD, close, "Cache-Control: no-store\r\n");
 }
 

@@ -36,7 +36,6 @@
 #include "proto/ids.h"
 #include "proto/multipart.h"
 
-#define JSON_TYPE "application/json"
 #define FIELDS_MAX 65536 /* bytes of non-file form fields a request may carry */
 
 /* One file of an upload. */
@@ -359,7 +358,7 @@ static void answer(struct conn *c, struct upload *u)
         log_oom();
     if (u->nfiles == 1)
         snprintf(loc, sizeof(loc), "Location: /v1/files/%s\r\n", u->files[0].id);
-    route_respond(c, conn_head(c), 201, JSON_TYPE, body, strlen(body), false, u->close,
+    route_respond(c, conn_head(c), 201, ROUTE_JSON, body, strlen(body), false, u->close,
                   loc[0] != '\0' ? loc : NULL);
     free(body);
     cJSON_Delete(doc);

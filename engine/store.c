@@ -90,16 +90,6 @@ void store_shard_dirs(const char *id, char top[16], char sub[16])
     snprintf(sub, 16, "objects/%.2s/%.2s", id, id + 2);
 }
 
-int store_free_bytes(uint64_t *out)
-{
-    struct statvfs st;
-
-    if (fstatvfs(dirfd_, &st) < 0)
-        return -errno;
-    *out = (uint64_t)st.f_bavail * st.f_frsize;
-    return 0;
-}
-
 bool store_fits(uint64_t need)
 {
     struct statvfs st;

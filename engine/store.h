@@ -29,9 +29,6 @@ void store_new_id(char out[STORE_ID_LEN + 1]);
 void store_key(const char *id, char out[STORE_KEY_MAX]);
 void store_shard_dirs(const char *id, char top[16], char sub[16]);
 
-/* Free bytes on the storage filesystem for unprivileged writers, or -errno. */
-int store_free_bytes(uint64_t *out);
-
 /*
  * Whether an upload of need bytes fits while keeping the floor free:
  * STORE_RESERVE, or 5 % of the filesystem when that is smaller (small disks).
