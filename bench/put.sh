@@ -6,6 +6,11 @@
 # ringup's peak RSS during the 10 MiB run. Prints markdown tables.
 #
 #   bench/put.sh [SECONDS]        # seconds per measurement, default 10
+#   bench/put.sh SECONDS paths    # ringup alone: buffered vs splice vs O_DIRECT by body size
+#
+# The paths matrix runs one body size after another, each through the three raw-body paths
+# (SPLICE_UPLOADS=false, SPLICE_UPLOADS=true, DIRECT_IO_THRESHOLD=1), same run, FSYNC=false;
+# it is what sets the defaults of SPLICE_UPLOADS and DIRECT_IO_THRESHOLD.
 #
 # Use 5 or more: the first 10 MiB uploads of 50 connections finish together after 1-2 s, so a
 # shorter run leaves the 10 MiB rows with few or no completed uploads. Numbers move a lot from
@@ -19,9 +24,17 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-10}
+matrix=${2:-main}
 case $secs in
 '' | *[!0-9]* | 0)
-    echo "usage: bench/put.sh [SECONDS]" >&2
+    echo "usage: bench/put.sh [SECONDS [paths]]" >&2
+    exit 2
+    ;;
+esac
+case $matrix in
+main | paths) ;;
+*)
+    echo "usage: bench/put.sh [SECONDS [paths]]" >&2
     exit 2
     ;;
 esac
@@ -130,7 +143,7 @@ start_ringup() {
         --storage-dir "$data/$1" --fsync "$2" --shutdown-timeout 5000 \
         --upload-rate-limit 1000000000 --global-rate-limit 1000000000 \
         --enable-adaptive-rate-limiting false --max-queue-size 100000000 \
-        2>>"$tmp/$1.log" &
+        "${ringup_extra[@]}" 2>>"$tmp/$1.log" &
     pid=$!
     pids+=("$pid")
     wait_port "$port" "$pid" || {
@@ -201,15 +214,24 @@ rows=()
 rss_idle=() rss_peak=()
 ringup_dead=()
 
-# measure SCENARIO SERVER(ringup|nginx) FSYNC CONNS SIZE NAME
+ringup_extra=()
+
+# measure SCENARIO SERVER(ringup|nginx) FSYNC CONNS SIZE NAME [PATH]
+# PATH (ringup only): buffered, splice or direct; default: the server's defaults
 measure() {
-    local scen=$1 srv=$2 fs=$3 conns=$4 size=$5 name=$6 tok=- label out
+    local scen=$1 srv=$2 fs=$3 conns=$4 size=$5 name=$6 path=${7:-} tok=- label out
     out=$tmp/$name.wrk
     settle
+    case $path in
+    buffered) ringup_extra=(--splice-uploads false --direct-io-threshold 0) ;;
+    splice) ringup_extra=(--splice-uploads true --direct-io-threshold 0) ;;
+    direct) ringup_extra=(--splice-uploads false --direct-io-threshold 1) ;;
+    *) ringup_extra=() ;;
+    esac
     if [ "$srv" = ringup ]; then
         start_ringup "$name" "$fs"
         tok=$token
-        label="ringup (FSYNC=$fs)"
+        label="ringup (FSYNC=$fs${path:+, $path})"
     else
         start_nginx "$name"
         label="nginx"
@@ -247,6 +269,30 @@ measure() {
     fi
     rows+=("$scen|$label|${rps:-0}|$size|${p99:-?}|${bad:-0}|${errs:-none}|$srv$fs")
 }
+
+if [ "$matrix" = paths ]; then
+    # Rotate the order inside each size, so no path always runs first on a fresh disk.
+    order=(buffered splice direct)
+    for size in 65536 262144 1048576 4194304 10485760; do
+        for p in "${order[@]}"; do
+            measure "$((size / 1024)) KiB PUT, 50 conns" ringup false 50 "$size" "p-$p-$size" "$p"
+        done
+        order=("${order[@]:1}" "${order[0]}")
+    done
+    echo
+    rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    echo "Raw PUT by write path, wrk -t2, ${secs}s per row, $workers workers, FSYNC=false (ringup $rev); MB = 10^6 bytes"
+    echo
+    echo "| scenario | server | uploads/s | MB/s | p99 | non-2xx | socket errors |"
+    echo "|---|---|---|---|---|---|---|"
+    for row in "${rows[@]}"; do
+        IFS='|' read -r s label rps size p99 bad errs _ <<<"$row"
+        mbs=$(awk -v r="$rps" -v z="$size" 'BEGIN { printf "%.1f", r * z / 1e6 }')
+        echo "| $s | $label | $rps | $mbs | $p99 | $bad | $errs |"
+    done
+    for d in "${ringup_dead[@]}"; do echo "server exited during $d"; done
+    exit 0
+fi
 
 # Alternate servers inside every cell; flip the order from cell to cell.
 measure "16 KiB PUT, 100 conns" ringup false 100 "$small" c1-ringup

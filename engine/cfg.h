@@ -63,13 +63,16 @@ struct cfg {
     char instance_id[CFG_STR_MAX];      /* INSTANCE_ID; default hostname:pid */
     uint32_t max_connections;           /* MAX_CONNECTIONS, whole process */
     bool fsync;                         /* FSYNC */
-    char allowed_types[CFG_STR_MAX];    /* ALLOWED_TYPES, comma list, "" = any */
-    char processor_cmd[CFG_STR_MAX];    /* PROCESSOR_CMD, "" = none */
-    bool allow_anonymous;               /* ALLOW_ANONYMOUS */
-    uint64_t tus_expiration;            /* TUS_EXPIRATION, ms */
-    enum cfg_log_level log_level;       /* LOG_LEVEL: debug, info, warn, error */
-    enum cfg_log_format log_format;     /* LOG_FORMAT: json, text */
-    char signing_key[CFG_STR_MAX];      /* SIGNING_KEY, "" = signed links off */
+    bool splice_uploads;                /* SPLICE_UPLOADS: raw bodies spliced socket -> file */
+    uint64_t
+        direct_io_threshold; /* DIRECT_IO_THRESHOLD: raw bodies this large use O_DIRECT; 0 off */
+    char allowed_types[CFG_STR_MAX]; /* ALLOWED_TYPES, comma list, "" = any */
+    char processor_cmd[CFG_STR_MAX]; /* PROCESSOR_CMD, "" = none */
+    bool allow_anonymous;            /* ALLOW_ANONYMOUS */
+    uint64_t tus_expiration;         /* TUS_EXPIRATION, ms */
+    enum cfg_log_level log_level;    /* LOG_LEVEL: debug, info, warn, error */
+    enum cfg_log_format log_format;  /* LOG_FORMAT: json, text */
+    char signing_key[CFG_STR_MAX];   /* SIGNING_KEY, "" = signed links off */
 };
 
 /*

@@ -225,6 +225,20 @@ static void cancel_recv(struct conn *c)
     c->inflight++;
 }
 
+/* The receive has stopped and every received byte went to the route: the socket is its. */
+static void maybe_detach(struct conn *c)
+{
+    conn_op_fn fn = c->detach_fn;
+
+    if (!c->detach || c->recv_armed || c->recv_cancel || c->in_first != BUF_NONE || c->waiting ||
+        c->state != CONN_BODY || c->answered || c->close_after || c->hp.msg_done)
+        return;
+    c->detach = 0;
+    c->detach_fn = NULL;
+    c->route_io = 1;
+    fn(c, 0);
+}
+
 /*
  * Receive while there is room: a connection stops reading when its queued
  * input or output passes a bound (backpressure), or when buffers ran out.
@@ -232,12 +246,14 @@ static void cancel_recv(struct conn *c)
 static void update_recv(struct conn *c)
 {
     bool want = !c->peer_eof && !c->starved && c->state != CONN_CLOSING &&
-                c->in_count < CONN_INPUT_MAX && c->out_bytes < CONN_OUT_HIGH;
+                c->in_count < CONN_INPUT_MAX && c->out_bytes < CONN_OUT_HIGH && !c->detach &&
+                !c->route_io;
 
     if (want && !c->recv_armed)
         arm_recv(c);
     else if (!want && c->recv_armed && !c->recv_cancel && !c->peer_eof && c->state != CONN_CLOSING)
         cancel_recv(c);
+    maybe_detach(c);
 }
 
 static void flush(struct conn *c)
@@ -365,6 +381,16 @@ static void on_timer(struct tmr *t)
         conn_close(c);
         return;
     }
+    if (c->route_io) {
+        /* The route moves the bytes; the client's silence is what counts. */
+        if (c->active_ms + r->cfg->connection_timeout > r->now_ms) {
+            tmr_set(&r->timers, t, c->active_ms + r->cfg->connection_timeout);
+            return;
+        }
+        met_inc(&r->met.conn_timed_out);
+        conn_close(c);
+        return;
+    }
     if (c->waiting &&
         (c->out_first == NULL || c->active_ms + r->cfg->connection_timeout > r->now_ms)) {
         /*
@@ -407,6 +433,9 @@ static void start_request(struct conn *c)
     c->done_pending = 0;
     c->takes_body = 0;
     c->body_ended = 0;
+    c->detach = 0;
+    c->route_io = 0;
+    c->detach_fn = NULL;
     c->drain_fn = NULL;
     c->held = 0;
     c->held_done = 0;
@@ -417,6 +446,10 @@ static void start_request(struct conn *c)
 /* The request is over: its message is read and its response queued. */
 static void complete_request(struct conn *c)
 {
+    /* A body that ended in what was received never needed the socket handed over. */
+    c->detach = 0;
+    c->detach_fn = NULL;
+    c->route_io = 0;
     release_head(c);
     c->state = CONN_IDLE;
     if (c->ring->stopping)
@@ -612,11 +645,60 @@ struct io_uring_sqe *conn_op_sqe(struct conn *c, conn_op_fn fn)
 
 void conn_on_drain(struct conn *c, conn_op_fn fn)
 {
+    c->drain_all = 0;
     if (c->out_bytes <= CONN_OUT_LOW && !c->send_busy) {
         fn(c, 0);
         return;
     }
     c->drain_fn = fn;
+}
+
+void conn_on_sent(struct conn *c, conn_op_fn fn)
+{
+    c->drain_all = 1;
+    if (c->out_first == NULL && !c->send_busy) {
+        fn(c, 0);
+        return;
+    }
+    c->drain_fn = fn;
+}
+
+struct conn *conn_find(struct ring *r, uint64_t ref)
+{
+    struct conn *c = lookup(r, (uint32_t)ref, (uint16_t)(ref >> 32));
+
+    return c != NULL && c->state != CONN_CLOSING ? c : NULL;
+}
+
+void conn_detach_body(struct conn *c, conn_op_fn fn)
+{
+    c->detach = fn != NULL;
+    c->detach_fn = fn;
+}
+
+void conn_io_progress(struct conn *c, uint64_t n, bool in)
+{
+    c->active_ms = c->ring->now_ms;
+    met_add(in ? &c->ring->met.bytes_received : &c->ring->met.bytes_sent, n);
+}
+
+void conn_body_read(struct conn *c)
+{
+    c->route_io = 0;
+    if (http_body_done(&c->hp) < 0) {
+        /* The route read a body the parser does not know of: a bug, not the client's. */
+        log_error("body read around the parser without one", "worker=%u", c->ring->id);
+        conn_close(c);
+        return;
+    }
+    finish_request(c);
+    process(c);
+}
+
+void conn_route_sends(struct conn *c, bool on)
+{
+    c->route_io = on;
+    c->active_ms = c->ring->now_ms;
 }
 
 void conn_flush(struct conn *c)
@@ -774,7 +856,8 @@ void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res)
             c->out_last = NULL;
         obuf_put(r, o);
     }
-    if (c->drain_fn != NULL && c->out_bytes <= CONN_OUT_LOW) {
+    if (c->drain_fn != NULL &&
+        (c->drain_all ? c->out_first == NULL : c->out_bytes <= CONN_OUT_LOW)) {
         conn_op_fn fn = c->drain_fn;
         c->drain_fn = NULL;
         fn(c, 0);
@@ -923,6 +1006,10 @@ uint32_t conn_worker(const struct conn *c)
 void conn_answered(struct conn *c, int status)
 {
     c->answered = 1;
+    c->detach = 0;
+    c->detach_fn = NULL;
+    if (c->state != CONN_IDLE)
+        c->route_io = 0;
     c->status = status;
     met_request(&c->ring->met, status, conn_elapsed_us(c));
 }

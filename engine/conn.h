@@ -70,9 +70,13 @@ struct conn {
     uint8_t takes_body : 1;   /* the route consumes the body (route_body / route_body_end) */
     uint8_t held_done : 1;    /* the held body span ended the message */
     uint8_t body_ended : 1;   /* route_body_end() was called for this request */
+    uint8_t detach : 1;       /* the route reads the rest of the body: stop receiving */
+    uint8_t route_io : 1;     /* the route moves bytes on the socket itself (splice, O_DIRECT) */
+    uint8_t drain_all : 1;    /* drain_fn waits for the whole output, not CONN_OUT_LOW */
     uint32_t held;            /* bytes of in_first the route still reads (a write in flight) */
     conn_op_fn op_fn;         /* completion of the route's file op in flight */
     conn_op_fn drain_fn;      /* called once when queued output falls to CONN_OUT_LOW */
+    conn_op_fn detach_fn;     /* called once the socket is the route's to read */
     void *rdata;              /* route state of the request in progress */
     void (*rdata_free)(void *rdata); /* frees rdata if the connection closes first */
     uint16_t inflight;               /* ops in flight */
@@ -207,6 +211,45 @@ void conn_on_drain(struct conn *c, conn_op_fn fn);
 
 /* Send what is queued now (routes that fill the output outside a request event). */
 void conn_flush(struct conn *c);
+
+/* Like conn_on_drain(), but once every queued byte has been sent. */
+void conn_on_sent(struct conn *c, conn_op_fn fn);
+
+/*
+ * The connection, by conn_ref(), if it is open and not closing (whether or
+ * not it waits): for pools that call queued connections back.
+ */
+struct conn *conn_find(struct ring *r, uint64_t ref);
+
+/* ---- routes that move bytes on the socket themselves ---- */
+
+/*
+ * The route reads the rest of the current Content-Length body from the
+ * socket itself (splice, O_DIRECT). The receive is stopped; bytes already
+ * received still go to route_body(); then fn(c, 0) runs with the socket the
+ * route's (c->fd, a direct descriptor) and http_content_length() bytes left
+ * in it. If the body ends in what was already received, fn never runs and
+ * route_body_end() comes as usual. While the route reads, CONNECTION_TIMEOUT
+ * counts from its last conn_io_progress(); past it the connection is closed.
+ * A NULL fn takes the request back (the connection receives as before).
+ */
+void conn_detach_body(struct conn *c, conn_op_fn fn);
+
+/* The route moved n bytes on the socket (reads count as received bytes when in is true). */
+void conn_io_progress(struct conn *c, uint64_t n, bool in);
+
+/*
+ * The route read the body's last byte: the message is complete, the
+ * connection receives again, and route_body_end() follows (from this call).
+ */
+void conn_body_read(struct conn *c);
+
+/*
+ * The route sends (splices) a response body itself after conn_on_sent():
+ * stalls count against CONNECTION_TIMEOUT from its last conn_io_progress().
+ * on is false once it is done.
+ */
+void conn_route_sends(struct conn *c, bool on);
 
 /* A route op CQE (ring dispatch). */
 void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res);

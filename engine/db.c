@@ -766,8 +766,13 @@ void db_pool_init(struct db_pool *p, struct ring *r, uint8_t id, const char *con
     p->connect_timeout = cfg->db_connection_timeout;
     p->idle_timeout = cfg->db_pool_idle_timeout;
     p->backoff_ms = DB_BACKOFF_MIN_MS;
-    snprintf(p->timeout_opt, sizeof(p->timeout_opt), "-c statement_timeout=%u",
-             cfg->db_query_timeout);
+    /*
+     * FSYNC=false answers 201 before the file is durable: waiting for the row's WAL
+     * flush buys nothing then, so such sessions commit asynchronously (a crash of the
+     * database may lose the last moment's rows, never make them inconsistent).
+     */
+    snprintf(p->timeout_opt, sizeof(p->timeout_opt), "-c statement_timeout=%u%s",
+             cfg->db_query_timeout, cfg->fsync ? "" : " -c synchronous_commit=off");
     for (i = 0; i < DB_CONNS_MAX; i++) {
         p->conns[i].fd = -1;
         p->conns[i].idx = (uint8_t)i;

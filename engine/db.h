@@ -131,7 +131,7 @@ struct db_pool {
     uint8_t id;               /* 0 primary, 1 read replica */
     const char *conninfo;     /* libpq conninfo or URL */
     const char *name;         /* "primary" or "read", for logs and metrics */
-    char timeout_opt[64];     /* "-c statement_timeout=N" */
+    char timeout_opt[96];     /* "-c statement_timeout=N[ -c synchronous_commit=off]" */
     uint32_t min;             /* connections kept open */
     uint32_t max;             /* connections at most */
     uint32_t open;            /* slots not DB_FREE */

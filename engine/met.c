@@ -79,9 +79,45 @@ static void render_uploads(struct prom_buf *b)
         }
     }
     prom_family(b, "ringup_upload_bytes_total", "counter",
-                "Upload body bytes written to files, by path (buffered: from receive buffers).");
+                "Upload body bytes written to files, by path (buffered: from receive buffers; "
+                "spliced: socket to pipe to file; direct: O_DIRECT from registered buffers).");
     prom_sample(b, "ringup_upload_bytes_total", "path=\"buffered\"",
                 (double)sum(offsetof(struct met_worker, up_bytes_buffered)));
+    prom_sample(b, "ringup_upload_bytes_total", "path=\"spliced\"",
+                (double)sum(offsetof(struct met_worker, up_bytes_spliced)));
+    prom_sample(b, "ringup_upload_bytes_total", "path=\"direct\"",
+                (double)sum(offsetof(struct met_worker, up_bytes_direct)));
+    prom_family(b, "ringup_download_bytes_total", "counter",
+                "Download body bytes sent, by path (spliced: file to pipe to socket).");
+    prom_sample(b, "ringup_download_bytes_total", "path=\"buffered\"",
+                (double)sum(offsetof(struct met_worker, dl_bytes_buffered)));
+    prom_sample(b, "ringup_download_bytes_total", "path=\"spliced\"",
+                (double)sum(offsetof(struct met_worker, dl_bytes_spliced)));
+    prom_family(b, "ringup_upload_files_open", "gauge",
+                "Files held open by uploads in flight (direct descriptors included).");
+    prom_sample(b, "ringup_upload_files_open", NULL,
+                (double)sum(offsetof(struct met_worker, up_files_open)));
+    prom_family(b, "ringup_splice_pipes_in_use", "gauge", "Splice pipes lent to a transfer now.");
+    prom_sample(b, "ringup_splice_pipes_in_use", NULL,
+                (double)sum(offsetof(struct met_worker, pipes_in_use)));
+    prom_family(b, "ringup_splice_pipes_open", "gauge", "Splice pipes open (lent or pooled).");
+    prom_sample(b, "ringup_splice_pipes_open", NULL,
+                (double)sum(offsetof(struct met_worker, pipes_open)));
+    prom_family(b, "ringup_splice_pipe_waits_total", "counter",
+                "Splices that waited for a pipe (the per-worker pool was lent out).");
+    prom_sample(b, "ringup_splice_pipe_waits_total", NULL,
+                (double)sum(offsetof(struct met_worker, pipe_waits)));
+    prom_family(b, "ringup_direct_buffers_in_use", "gauge",
+                "O_DIRECT upload buffers lent to an upload now.");
+    prom_sample(b, "ringup_direct_buffers_in_use", NULL,
+                (double)sum(offsetof(struct met_worker, dbufs_in_use)));
+    prom_family(b, "ringup_direct_buffers", "gauge", "O_DIRECT upload buffers registered.");
+    prom_sample(b, "ringup_direct_buffers", NULL,
+                (double)sum(offsetof(struct met_worker, dbufs_total)));
+    prom_family(b, "ringup_direct_buffer_waits_total", "counter",
+                "O_DIRECT reads that waited for a free buffer.");
+    prom_sample(b, "ringup_direct_buffer_waits_total", NULL,
+                (double)sum(offsetof(struct met_worker, dbuf_waits)));
     for (i = 0; i <= MET_DUR_BUCKETS; i++)
         counts[i] = sum(offsetof(struct met_worker, up_dur) + i * sizeof(uint64_t));
     prom_family(b, "ringup_upload_duration_seconds", "histogram",

@@ -62,6 +62,17 @@ struct met_worker {
     uint64_t up_completed[MET_UP__N];      /* uploads answered 201, by route */
     uint64_t up_failed[MET_UP__N][MET_UF__N]; /* uploads that failed, by route and reason */
     uint64_t up_bytes_buffered;               /* body bytes written from receive buffers */
+    uint64_t up_files_open;                   /* gauge: files held open by uploads in flight */
+    uint64_t up_bytes_spliced;                /* body bytes spliced socket -> pipe -> file */
+    uint64_t up_bytes_direct;                 /* body bytes written with O_DIRECT */
+    uint64_t dl_bytes_spliced;                /* download bytes spliced file -> pipe -> socket */
+    uint64_t dl_bytes_buffered;               /* download bytes read into output buffers */
+    uint64_t pipes_in_use;                    /* gauge: splice pipes lent out */
+    uint64_t pipes_open;                      /* gauge: splice pipes open (lent or pooled) */
+    uint64_t pipe_waits;                      /* splices that waited for a free pipe */
+    uint64_t dbufs_in_use;                    /* gauge: O_DIRECT buffers lent out */
+    uint64_t dbufs_total;                     /* gauge: O_DIRECT buffers */
+    uint64_t dbuf_waits;                      /* O_DIRECT reads that waited for a free buffer */
     uint64_t up_dur[MET_DUR_BUCKETS + 1];     /* upload duration histogram (head to 201) */
     uint64_t up_dur_us_sum;
 };

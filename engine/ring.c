@@ -292,6 +292,18 @@ static unsigned ring_files(void)
     return (unsigned)rl.rlim_cur;
 }
 
+/* Which of the newer opcodes this kernel has (fallbacks are chosen from these). */
+static void probe_ops(struct ring *r)
+{
+    struct io_uring_probe *p = io_uring_get_probe_ring(r->uring);
+
+    if (p == NULL)
+        return;
+    r->has_fd_install = io_uring_opcode_supported(p, RING_OP_FIXED_FD_INSTALL);
+    r->has_ftruncate = io_uring_opcode_supported(p, RING_OP_FTRUNCATE);
+    io_uring_free_probe(p);
+}
+
 static int init_uring(struct ring *r)
 {
     struct io_uring_params p;
@@ -328,6 +340,9 @@ static int init_uring(struct ring *r)
         goto out_exit_uring;
     }
     met_set(&r->met.bufs_total, RING_BUFS);
+    probe_ops(r);
+    /* O_DIRECT uploads end with a truncate to the exact size: no ftruncate op, no O_DIRECT. */
+    xfer_init(r, r->cfg->direct_io_threshold > 0 && r->has_ftruncate);
     return 0;
 
 out_exit_uring:
@@ -563,6 +578,7 @@ void ring_stop(struct ring *r)
 void ring_teardown(struct ring *r)
 {
     if (r->uring != NULL) {
+        xfer_fini(r);
         buf_ring_exit(&r->bufs, r->uring);
         io_uring_queue_exit(r->uring);
         free(r->uring);

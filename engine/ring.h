@@ -24,6 +24,7 @@
 #include "engine/log.h"
 #include "engine/met.h"
 #include "engine/tmr.h"
+#include "engine/xfer.h"
 
 struct io_uring;
 struct io_uring_sqe;
@@ -48,10 +49,12 @@ static inline uint64_t ring_ud(enum ring_op_kind kind, uint16_t gen, uint32_t id
     return (uint64_t)kind << 56 | (uint64_t)gen << 32 | idx;
 }
 
-#define RING_ENTRIES 4096     /* submission queue entries */
-#define RING_CQ_ENTRIES 32768 /* completion queue entries */
-#define RING_BUFS 512         /* provided receive buffers per worker */
-#define RING_BUF_SIZE 16384   /* bytes per receive buffer */
+#define RING_ENTRIES 4096           /* submission queue entries */
+#define RING_CQ_ENTRIES 32768       /* completion queue entries */
+#define RING_BUFS 512               /* provided receive buffers per worker */
+#define RING_BUF_SIZE 16384         /* bytes per receive buffer */
+#define RING_OP_FIXED_FD_INSTALL 54 /* opcodes newer than liburing 2.3's header */
+#define RING_OP_FTRUNCATE 55
 
 struct ring {
     struct io_uring *uring;         /* the worker's ring */
@@ -77,6 +80,9 @@ struct ring {
     uint8_t ndb;                    /* pools in use: 1, or 2 with DB_READ_URL */
     bool db_stopped;                /* db_pool_stop() done at shutdown */
     struct auth_cache auth;         /* bearer tokens seen lately */
+    struct xfer xfer;               /* splice pipes and O_DIRECT buffers */
+    bool has_fd_install;            /* the kernel installs direct descriptors as files (6.8) */
+    bool has_ftruncate;             /* the kernel has IORING_OP_FTRUNCATE (6.9) */
     struct met_worker met;          /* this worker's metrics */
     struct log_buf log;             /* this worker's log lines */
     size_t log_off;                 /* bytes of the in-flight log buffer already written */

@@ -1,13 +1,17 @@
 /*
  * route_download: GET/HEAD /v1/files/{id}/content. The file is opened
- * through the ring and read in steps into the connection's output, never
- * more than CONN_OUT_LOW ahead of what the client has taken (conn_on_drain),
- * so a slow reader holds one chunk of memory, not the file.
+ * through the ring; once the head is sent, the body is spliced file -> pooled
+ * pipe -> socket and never enters user space. When the worker's pipes are all
+ * lent out (many slow readers), the download is read in steps into the
+ * connection's output instead, never more than CONN_OUT_LOW ahead of what the
+ * client has taken (conn_on_drain), so a slow reader holds one chunk of
+ * memory, not the file.
  */
 #include "engine/route.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,19 +21,25 @@
 
 #include "engine/conn.h"
 #include "engine/log.h"
+#include "engine/ring.h"
 #include "engine/store.h"
+#include "engine/xfer.h"
 
 #define DL_CHUNK 65536 /* bytes read per step */
 #define DL_EXTRA_MAX 1536
 
 struct download {
-    int fd;          /* the stored file, -1 before it is open */
-    int status;      /* 200 or 206 */
-    bool close;      /* the response closes the connection */
-    uint64_t pos;    /* next byte to read */
-    uint64_t end;    /* one past the last byte to send */
-    char *buf;       /* output space the read in flight fills */
-    char ctype[160]; /* Content-Type */
+    int fd;       /* the stored file, -1 before it is open */
+    int status;   /* 200 or 206 */
+    bool close;   /* the response closes the connection */
+    uint64_t pos; /* next byte to read */
+    uint64_t end; /* one past the last byte to send */
+    char *buf;    /* output space the read in flight fills */
+    struct ring *ring;
+    struct xfer_pipe pipe; /* lent while a splice pair runs */
+    bool piped;
+    uint32_t in_pipe; /* bytes in the pipe not yet sent */
+    char ctype[160];  /* Content-Type */
     char key[STORE_KEY_MAX];
     char extra[DL_EXTRA_MAX]; /* ETag, Content-Range, Content-Disposition, ... */
 };
@@ -40,6 +50,8 @@ static void dl_free(void *p)
 
     if (d->fd >= 0)
         close(d->fd);
+    if (d->piped)
+        xfer_pipe_put(d->ring, d->pipe, d->in_pipe == 0);
     free(d);
 }
 
@@ -113,6 +125,7 @@ static void on_read(struct conn *c, int res)
         return;
     }
     conn_out_commit(c, (size_t)res);
+    met_add(&d->ring->met.dl_bytes_buffered, (uint64_t)res);
     d->pos += (uint64_t)res;
     conn_flush(c);
     if (d->pos >= d->end) {
@@ -120,6 +133,112 @@ static void on_read(struct conn *c, int res)
         return;
     }
     conn_on_drain(c, pump);
+}
+
+/* ---- splice: file -> pooled pipe -> socket ---- */
+
+static void on_spliced_in(struct conn *c, int res);
+static void on_spliced_out(struct conn *c, int res);
+
+/* The head is sent: splice the next piece of the file into a pipe. */
+static void splice_next(struct conn *c, int res)
+{
+    struct download *d = c->rdata;
+    struct io_uring_sqe *sqe;
+    uint64_t want = d->end - d->pos;
+    int err;
+
+    (void)res;
+    if (!d->piped && !xfer_pipe_get(c, &d->pipe, NULL, &err)) {
+        /* Every pipe is lent (or none can be made): read the rest through the output. */
+        conn_route_sends(c, false);
+        pump(c, 0);
+        return;
+    }
+    d->piped = true;
+    if (want > d->ring->xfer.pipe_size)
+        want = d->ring->xfer.pipe_size;
+    sqe = conn_op_sqe(c, on_spliced_in);
+    io_uring_prep_splice(sqe, d->fd, (int64_t)d->pos, d->pipe.wr, -1, (unsigned)want,
+                         SPLICE_F_MOVE);
+}
+
+static void submit_splice_out(struct conn *c, struct download *d)
+{
+    struct io_uring_sqe *sqe = conn_op_sqe(c, on_spliced_out);
+
+    /* Non-blocking on the socket: an io-wq worker never waits for a slow reader. */
+    io_uring_prep_splice(sqe, d->pipe.rd, -1, c->fd, -1, d->in_pipe,
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+/* The socket has room again. */
+static void on_writable(struct conn *c, int res)
+{
+    struct download *d = c->rdata;
+
+    if (res < 0) {
+        conn_close(c);
+        return;
+    }
+    submit_splice_out(c, d);
+}
+
+static void on_spliced_in(struct conn *c, int res)
+{
+    struct download *d = c->rdata;
+
+    if (res <= 0) {
+        log_error("download read failed", "key=%s error=%s", d->key,
+                  res == 0 ? "file shorter than its row" : strerror(-res));
+        conn_close(c);
+        return;
+    }
+    d->in_pipe = (uint32_t)res;
+    submit_splice_out(c, d);
+}
+
+static void on_spliced_out(struct conn *c, int res)
+{
+    struct download *d = c->rdata;
+    struct io_uring_sqe *sqe;
+
+    if (res == -EAGAIN) {
+        sqe = conn_op_sqe(c, on_writable);
+        io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
+        sqe->flags |= IOSQE_FIXED_FILE;
+        return;
+    }
+    if (res <= 0) {
+        /* The client went away: the head is out, nothing left to say. */
+        conn_close(c);
+        return;
+    }
+    conn_io_progress(c, (uint64_t)res, false);
+    met_add(&d->ring->met.dl_bytes_spliced, (uint64_t)res);
+    d->in_pipe -= (uint32_t)res;
+    d->pos += (uint64_t)res;
+    if (d->in_pipe > 0) {
+        submit_splice_out(c, d);
+        return;
+    }
+    xfer_pipe_put(d->ring, d->pipe, true);
+    d->piped = false;
+    if (d->pos < d->end) {
+        splice_next(c, 0);
+        return;
+    }
+    conn_route_sends(c, false);
+    finish(c, d);
+}
+
+/* The head is on the wire: the body follows by splice. */
+static void head_sent(struct conn *c, int res)
+{
+    (void)res;
+    conn_route_sends(c, true);
+    splice_next(c, 0);
 }
 
 static void on_open(struct conn *c, int res)
@@ -144,7 +263,8 @@ static void on_open(struct conn *c, int res)
         finish(c, d);
         return;
     }
-    pump(c, 0);
+    conn_flush(c);
+    conn_on_sent(c, head_sent);
 }
 
 enum route_verdict route_download_begin(struct conn *c, const char *key, uint64_t size,
@@ -173,6 +293,7 @@ enum route_verdict route_download_begin(struct conn *c, const char *key, uint64_
     if (d == NULL)
         log_oom();
     d->fd = -1;
+    d->ring = conn_ring(c);
     d->close = close;
     d->status = r == 0 ? 206 : 200;
     d->pos = r == 0 ? first : 0;

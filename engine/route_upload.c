@@ -11,6 +11,15 @@
  * it answered 201. A failure anywhere unlinks what this request linked and
  * closes what it opened: no visible file, no row.
  *
+ * A raw body with a Content-Length takes one of three paths once the bytes
+ * received with the head are written: spliced socket -> pooled pipe -> file
+ * (SPLICE_UPLOADS, never entering user space), or, from DIRECT_IO_THRESHOLD
+ * bytes on, read into a registered aligned buffer and written with O_DIRECT
+ * (the page cache is the wall for large bodies); else the buffered path, as
+ * chunked and multipart bodies. Files are direct descriptors where the kernel
+ * can install one as a file for the link step (6.8), so an upload in flight
+ * holds no process descriptor but its socket's none either.
+ *
  * The upload's state is the connection's rdata while the connection owns it
  * (freed, files dropped, if the connection closes first); it moves to the
  * row inserts when they are queued, and the last of them frees it.
@@ -19,6 +28,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,14 +43,25 @@
 #include "engine/log.h"
 #include "engine/ring.h"
 #include "engine/store.h"
+#include "engine/xfer.h"
 #include "proto/ids.h"
 #include "proto/multipart.h"
 
-#define FIELDS_MAX 65536 /* bytes of non-file form fields a request may carry */
+#define FIELDS_MAX 65536   /* bytes of non-file form fields a request may carry */
+#define DIRECT_YIELD 32768 /* a read this short is a slow client: it gives its buffer back */
+#define SPLICE_MIN 65536   /* smaller bodies mostly come with the head: buffered (measured) */
+
+enum up_mode {
+    MODE_BUFFERED, /* written from the receive buffers */
+    MODE_SPLICE,   /* the rest of the body spliced socket -> pipe -> file */
+    MODE_DIRECT,   /* read into registered buffers, written with O_DIRECT */
+};
 
 /* One file of an upload. */
 struct ufile {
-    int fd;           /* the nameless file, -1 once closed */
+    int fd;           /* the nameless file (a direct descriptor when fixed), -1 once closed */
+    bool fixed;       /* fd is a direct descriptor */
+    int tmpfd;        /* a process descriptor of it, only for the link step, or -1 */
     bool linked;      /* linked under key: unlink it if the request fails */
     uint64_t written; /* bytes on disk */
     char id[STORE_ID_LEN + 1];
@@ -69,12 +90,62 @@ struct upload {
     size_t wlen;
     enum up_step step; /* shard directories being made for cur */
     char dir[16];
-    uint32_t inserts;     /* row inserts not answered yet */
-    int insert_err;       /* first failed insert */
-    struct ufile files[]; /* maxfiles */
+    enum up_mode mode;     /* how a raw body reaches the file */
+    uint64_t left;         /* splice, direct: body bytes still in the socket */
+    struct xfer_pipe pipe; /* splice: the pipe lent for the splice pair in flight */
+    bool piped;            /* splice: pipe is lent to us */
+    uint32_t in_pipe;      /* splice: bytes in the pipe not yet in the file */
+    int dbuf;              /* direct: the buffer lent to us, -1 if none */
+    uint32_t fill;         /* direct: bytes in the buffer (or in tail) not yet written */
+    uint64_t doff;         /* direct: bytes written to the file (a multiple of XFER_ALIGN) */
+    uint32_t wlen_direct;  /* direct: length of the write in flight */
+    char *tail;            /* direct: fill bytes kept while the buffer is given back */
+    bool finishing;        /* direct: the last write (padded) then the truncate */
+    bool yielding;         /* direct: give the buffer back after the write in flight */
+    bool detached;         /* splice, direct: the route reads the socket */
+    uint32_t inserts;      /* row inserts not answered yet */
+    int insert_err;        /* first failed insert */
+    struct ufile files[];  /* maxfiles */
 };
 
 static void resume_feed(struct conn *c, struct upload *u);
+
+/* Submit entry flags for an op on the file. */
+static void use_file(struct io_uring_sqe *sqe, const struct ufile *f)
+{
+    if (f->fixed)
+        sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+/* Close the file's descriptors; a nameless file's blocks go with it. */
+static void close_file(struct upload *u, struct ufile *f)
+{
+    if (f->tmpfd >= 0)
+        close(f->tmpfd);
+    f->tmpfd = -1;
+    if (f->fd < 0)
+        return;
+    met_dec(&u->ring->met.up_files_open);
+    if (f->fixed) {
+        struct io_uring_sqe *sqe = ring_sqe(u->ring);
+        io_uring_prep_close_direct(sqe, (unsigned)f->fd);
+        io_uring_sqe_set_data64(sqe, ring_ud(RING_OP_NONE, 0, 0));
+    } else {
+        close(f->fd);
+    }
+    f->fd = -1;
+}
+
+/* Give back what the transfer borrowed. */
+static void release_xfer(struct upload *u)
+{
+    if (u->piped)
+        xfer_pipe_put(u->ring, u->pipe, u->in_pipe == 0);
+    u->piped = false;
+    if (u->dbuf >= 0)
+        xfer_dbuf_put(u->ring, u->dbuf);
+    u->dbuf = -1;
+}
 
 static void drop_files(struct upload *u)
 {
@@ -82,9 +153,7 @@ static void drop_files(struct upload *u)
 
     for (i = 0; i < u->nfiles; i++) {
         struct ufile *f = &u->files[i];
-        if (f->fd >= 0)
-            close(f->fd); /* a nameless file: its blocks go with it */
-        f->fd = -1;
+        close_file(u, f);
         if (f->linked)
             unlinkat(store_dirfd(), f->key, 0); /* an error path: a metadata syscall */
         f->linked = false;
@@ -93,7 +162,9 @@ static void drop_files(struct upload *u)
 
 static void upload_free(struct upload *u)
 {
+    release_xfer(u);
     drop_files(u);
+    free(u->tail);
     free(u->mp);
     free(u);
 }
@@ -109,6 +180,9 @@ static void upload_gone(void *p)
 {
     struct upload *u = p;
 
+    /* A splice cut short may have left bytes in the pipe: it is closed, not pooled. */
+    if (u->piped)
+        u->in_pipe = 1;
     count_failure(u, MET_UF_CLIENT_GONE);
     upload_free(u);
 }
@@ -139,23 +213,42 @@ static void fail_errno(struct conn *c, struct upload *u, int err, const char *wh
 /* ---- one file: open, write, sync, link ---- */
 
 static void on_open(struct conn *c, int res);
+static void raw_body_begin(struct conn *c);
+static void splice_begin(struct conn *c, int res);
+static void direct_begin(struct conn *c, int res);
+static void direct_detached(struct conn *c, int res);
 static void on_write(struct conn *c, int res);
 static void on_sync(struct conn *c, int res);
 static void on_link(struct conn *c, int res);
 static void on_mkdir(struct conn *c, int res);
 
+/* Create the current file, nameless, in STORAGE_DIR. */
+static void submit_open(struct conn *c, struct upload *u)
+{
+    struct ufile *f = u->cur;
+    struct io_uring_sqe *sqe = conn_op_sqe(c, on_open);
+    int flags = O_TMPFILE | O_WRONLY | (u->mode == MODE_DIRECT ? O_DIRECT : 0);
+
+    if (f->fixed)
+        /* liburing 2.3 adds 1 to the index itself: ALLOC - 1 asks for any free slot. */
+        io_uring_prep_openat_direct(sqe, store_dirfd(), ".", flags, 0640,
+                                    IORING_FILE_INDEX_ALLOC - 1);
+    else
+        io_uring_prep_openat(sqe, store_dirfd(), ".", flags | O_CLOEXEC, 0640);
+}
+
 static void begin_file(struct conn *c, struct upload *u, const char *name, size_t len)
 {
     struct ufile *f = &u->files[u->nfiles++];
-    struct io_uring_sqe *sqe;
 
     f->fd = -1;
+    f->tmpfd = -1;
+    f->fixed = u->ring->has_fd_install;
     ids_filename(name, len, f->name);
     store_new_id(f->id);
     store_key(f->id, f->key);
     u->cur = f;
-    sqe = conn_op_sqe(c, on_open);
-    io_uring_prep_openat(sqe, store_dirfd(), ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0640);
+    submit_open(c, u);
 }
 
 static void submit_write(struct conn *c, struct upload *u)
@@ -163,6 +256,7 @@ static void submit_write(struct conn *c, struct upload *u)
     struct io_uring_sqe *sqe = conn_op_sqe(c, on_write);
 
     io_uring_prep_write(sqe, u->cur->fd, u->wptr, (unsigned)u->wlen, u->cur->written);
+    use_file(sqe, u->cur);
 }
 
 /* Write a span of the current file (async); false if it would pass MAX_FILE_SIZE. */
@@ -178,10 +272,20 @@ static bool write_span(struct conn *c, struct upload *u, const char *p, size_t n
     return true;
 }
 
+static void on_installed(struct conn *c, int res);
+
 static void submit_link(struct conn *c, struct upload *u)
 {
-    struct io_uring_sqe *sqe = conn_op_sqe(c, on_link);
+    struct io_uring_sqe *sqe;
 
+    if (u->cur->fixed && u->cur->tmpfd < 0) {
+        /* linkat needs a path: install the direct descriptor as a file for this one step. */
+        sqe = conn_op_sqe(c, on_installed);
+        io_uring_prep_rw(RING_OP_FIXED_FD_INSTALL, sqe, u->cur->fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_FIXED_FILE;
+        return;
+    }
+    sqe = conn_op_sqe(c, on_link);
     /* linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the /proc path does not. */
     io_uring_prep_linkat(sqe, AT_FDCWD, u->cur->proc, store_dirfd(), u->cur->key,
                          AT_SYMLINK_FOLLOW);
@@ -199,25 +303,60 @@ static void end_file(struct conn *c, struct upload *u)
     }
     sqe = conn_op_sqe(c, on_sync);
     io_uring_prep_fsync(sqe, u->cur->fd, IORING_FSYNC_DATASYNC);
+    use_file(sqe, u->cur);
+}
+
+static void on_installed(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+
+    if (res < 0) {
+        fail_errno(c, u, res, "install");
+        conn_resume(c);
+        return;
+    }
+    u->cur->tmpfd = res;
+    snprintf(u->cur->proc, sizeof(u->cur->proc), "/proc/self/fd/%d", res);
+    submit_link(c, u);
 }
 
 static void on_open(struct conn *c, int res)
 {
     struct upload *u = c->rdata;
-    struct http_span expect;
 
+    if (res == -EINVAL && u->mode == MODE_DIRECT) {
+        /* This filesystem takes no O_DIRECT: the page cache it is. */
+        u->mode = u->ring->cfg->splice_uploads ? MODE_SPLICE : MODE_BUFFERED;
+        conn_detach_body(c, u->mode == MODE_SPLICE ? splice_begin : NULL);
+        submit_open(c, u);
+        return;
+    }
     if (res < 0) {
         fail_errno(c, u, res, "open");
         conn_resume(c);
         return;
     }
     u->cur->fd = res;
-    snprintf(u->cur->proc, sizeof(u->cur->proc), "/proc/self/fd/%d", res);
+    met_inc(&u->ring->met.up_files_open);
+    if (!u->cur->fixed)
+        snprintf(u->cur->proc, sizeof(u->cur->proc), "/proc/self/fd/%d", res);
     met_inc(&u->ring->met.up_started[u->route]);
     if (u->mp != NULL) {
         resume_feed(c, u);
         return;
     }
+    if (u->mode == MODE_DIRECT) {
+        direct_begin(c, 0);
+        return;
+    }
+    raw_body_begin(c);
+}
+
+/* The file is open (and, for O_DIRECT, a buffer lent): let the raw body come. */
+static void raw_body_begin(struct conn *c)
+{
+    struct http_span expect;
+
     /* A raw body: the client may wait for this before sending it; the checks are behind us. */
     if (http_header(conn_head(c), "expect", &expect) && expect.len == 12 &&
         strncasecmp(expect.p, "100-continue", 12) == 0) {
@@ -271,8 +410,7 @@ static bool insert_rows(struct conn *c, struct upload *u);
 static void file_linked(struct conn *c, struct upload *u)
 {
     u->cur->linked = true;
-    close(u->cur->fd);
-    u->cur->fd = -1;
+    close_file(u, u->cur);
     u->cur = NULL;
     if (u->mp != NULL)
         resume_feed(c, u);
@@ -323,6 +461,332 @@ static void on_mkdir(struct conn *c, int res)
     /* Both shard directories exist: a second ENOENT is an error, not another mkdir. */
     u->step = STEP_RELINK;
     submit_link(c, u);
+}
+
+/* ---- splice: socket -> pooled pipe -> file ---- */
+
+static void splice_next(struct conn *c, int res);
+static void on_spliced_in(struct conn *c, int res);
+static void on_spliced_out(struct conn *c, int res);
+
+/* The socket is ours: splice what is left of the body. */
+static void splice_begin(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+
+    (void)res;
+    u->detached = true;
+    u->left = http_content_length(&c->hp);
+    splice_next(c, 0);
+}
+
+/* Borrow a pipe, splice the next piece into it (again when a pipe or the socket is ready). */
+static void splice_next(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+    struct io_uring_sqe *sqe;
+    uint32_t n;
+    int err;
+
+    if (res < 0) {
+        conn_close(c);
+        return;
+    }
+    if (!u->piped) {
+        if (!xfer_pipe_get(c, &u->pipe, splice_next, &err)) {
+            if (err != 0) {
+                fail_errno(c, u, err, "pipe");
+                conn_resume(c);
+            }
+            return; /* called again when a pipe comes back */
+        }
+        u->piped = true;
+    }
+    n = u->left < u->ring->xfer.pipe_size ? (uint32_t)u->left : u->ring->xfer.pipe_size;
+    sqe = conn_op_sqe(c, on_spliced_in);
+    /* Non-blocking on the socket: an io-wq worker never waits for a client. */
+    io_uring_prep_splice(sqe, c->fd, -1, u->pipe.wr, -1, n,
+                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE | SPLICE_F_FD_IN_FIXED);
+}
+
+static void submit_splice_out(struct conn *c, struct upload *u)
+{
+    struct io_uring_sqe *sqe = conn_op_sqe(c, on_spliced_out);
+
+    io_uring_prep_splice(sqe, u->pipe.rd, -1, u->cur->fd, (int64_t)u->cur->written, u->in_pipe,
+                         SPLICE_F_MOVE);
+    use_file(sqe, u->cur);
+}
+
+static void on_spliced_in(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+    struct io_uring_sqe *sqe;
+
+    if (res == -EAGAIN) {
+        /* Nothing to read yet: give the pipe back and wait for the socket. */
+        xfer_pipe_put(u->ring, u->pipe, true);
+        u->piped = false;
+        sqe = conn_op_sqe(c, splice_next);
+        io_uring_prep_poll_add(sqe, c->fd, POLLIN);
+        sqe->flags |= IOSQE_FIXED_FILE;
+        return;
+    }
+    if (res <= 0) {
+        /* The client went away mid-body (0) or the socket failed: nobody to answer. */
+        conn_close(c);
+        return;
+    }
+    u->in_pipe = (uint32_t)res;
+    u->left -= (uint64_t)res;
+    conn_io_progress(c, (uint64_t)res, true);
+    submit_splice_out(c, u);
+}
+
+static void on_spliced_out(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+
+    if (res <= 0) {
+        fail_errno(c, u, res == 0 ? -EIO : res, "splice");
+        conn_resume(c);
+        return;
+    }
+    u->cur->written += (uint64_t)res;
+    u->in_pipe -= (uint32_t)res;
+    met_add(&u->ring->met.up_bytes_spliced, (uint64_t)res);
+    if (u->in_pipe > 0) {
+        submit_splice_out(c, u);
+        return;
+    }
+    xfer_pipe_put(u->ring, u->pipe, true);
+    u->piped = false;
+    if (u->left > 0) {
+        splice_next(c, 0);
+        return;
+    }
+    conn_body_read(c); /* route_body_end() follows from here */
+}
+
+/* ---- O_DIRECT: socket -> registered aligned buffer -> file ---- */
+
+static void direct_read(struct conn *c, struct upload *u);
+static void on_direct_write(struct conn *c, int res);
+static void on_truncated(struct conn *c, int res);
+
+static char *dbuf(const struct upload *u)
+{
+    return xfer_dbuf_addr(u->ring, u->dbuf);
+}
+
+/* Borrow a buffer (fn runs when one comes back) and put back what a yield kept. */
+static bool direct_borrow(struct conn *c, struct upload *u, conn_op_fn fn)
+{
+    if (u->dbuf >= 0)
+        return true;
+    u->dbuf = xfer_dbuf_get(c, fn);
+    if (u->dbuf < 0)
+        return false;
+    if (u->fill > 0)
+        memcpy(dbuf(u), u->tail, u->fill);
+    return true;
+}
+
+/* The file is open: borrow a buffer before the first body byte. */
+static void direct_begin(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+
+    (void)res;
+    if (direct_borrow(c, u, direct_begin))
+        raw_body_begin(c);
+}
+
+/* Write len bytes (a multiple of XFER_ALIGN) from the buffer's start at doff. */
+static void direct_write(struct conn *c, struct upload *u, uint32_t len)
+{
+    struct io_uring_sqe *sqe = conn_op_sqe(c, on_direct_write);
+
+    u->wlen_direct = len;
+    io_uring_prep_write_fixed(sqe, u->cur->fd, dbuf(u), len, u->doff, u->dbuf);
+    use_file(sqe, u->cur);
+}
+
+/* Copy the received span into the buffer, writing it when it fills; false: a write is in flight. */
+static bool direct_copy(struct conn *c, struct upload *u)
+{
+    while (u->inlen > 0) {
+        uint32_t room = XFER_DBUF_SIZE - u->fill;
+        uint32_t n = u->inlen < room ? (uint32_t)u->inlen : room;
+
+        memcpy(dbuf(u) + u->fill, u->in, n);
+        u->fill += n;
+        u->in += n;
+        u->inlen -= n;
+        if (u->fill == XFER_DBUF_SIZE) {
+            direct_write(c, u, XFER_DBUF_SIZE);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void submit_truncate(struct conn *c, struct upload *u)
+{
+    struct io_uring_sqe *sqe = conn_op_sqe(c, on_truncated);
+
+    io_uring_prep_rw(RING_OP_FTRUNCATE, sqe, u->cur->fd, NULL, 0, u->cur->written);
+    use_file(sqe, u->cur);
+}
+
+/* The body is all in: write the rest padded to the alignment, then cut the file to size. */
+static void direct_finish(struct conn *c, struct upload *u)
+{
+    uint32_t len = (u->fill + XFER_ALIGN - 1) & ~(XFER_ALIGN - 1);
+
+    u->finishing = true;
+    u->cur->written = u->doff + u->fill;
+    if (len == 0) {
+        submit_truncate(c, u);
+        return;
+    }
+    memset(dbuf(u) + u->fill, 0, len - u->fill);
+    direct_write(c, u, len);
+}
+
+/* The socket or a buffer is ready again after a yield. */
+static void direct_readable(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+
+    if (res < 0) {
+        conn_close(c);
+        return;
+    }
+    if (direct_borrow(c, u, direct_readable))
+        direct_read(c, u);
+}
+
+/* A slow client: keep the unaligned rest aside, give the buffer back, wait for the socket. */
+static void direct_yield(struct conn *c, struct upload *u)
+{
+    struct io_uring_sqe *sqe;
+
+    u->yielding = false;
+    if (u->tail == NULL && posix_memalign((void **)&u->tail, XFER_ALIGN, XFER_ALIGN) != 0)
+        log_oom();
+    memcpy(u->tail, dbuf(u), u->fill); /* less than XFER_ALIGN */
+    xfer_dbuf_put(u->ring, u->dbuf);
+    u->dbuf = -1;
+    sqe = conn_op_sqe(c, direct_readable);
+    io_uring_prep_poll_add(sqe, c->fd, POLLIN);
+    sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+static void on_direct_write(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+    uint32_t len = u->wlen_direct;
+
+    if (res < 0 || (uint32_t)res != len) {
+        /* O_DIRECT writes whole blocks: a short one is a full disk. */
+        fail_errno(c, u, res < 0 ? res : -ENOSPC, "write");
+        conn_resume(c);
+        return;
+    }
+    met_add(&u->ring->met.up_bytes_direct, u->fill < len ? u->fill : len);
+    u->doff += len;
+    if (u->fill > len)
+        memmove(dbuf(u), dbuf(u) + len, u->fill - len);
+    u->fill = u->fill > len ? u->fill - len : 0;
+    if (u->finishing) {
+        submit_truncate(c, u);
+        return;
+    }
+    if (!u->detached) {
+        /* Bytes received with the head: go on with the span, then with the connection. */
+        if (direct_copy(c, u))
+            conn_resume(c);
+        return;
+    }
+    if (u->yielding) {
+        direct_yield(c, u);
+        return;
+    }
+    direct_read(c, u);
+}
+
+static void on_truncated(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+
+    if (res < 0) {
+        fail_errno(c, u, res, "truncate");
+        conn_resume(c);
+        return;
+    }
+    xfer_dbuf_put(u->ring, u->dbuf);
+    u->dbuf = -1;
+    if (u->detached)
+        conn_body_read(c); /* route_body_end() follows from here */
+    else
+        end_file(c, u);
+}
+
+static void on_direct_read(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+    uint32_t aligned;
+
+    if (res <= 0) {
+        /* The client went away mid-body (0) or the socket failed: nobody to answer. */
+        conn_close(c);
+        return;
+    }
+    u->fill += (uint32_t)res;
+    u->left -= (uint64_t)res;
+    conn_io_progress(c, (uint64_t)res, true);
+    if (u->left == 0) {
+        direct_finish(c, u);
+        return;
+    }
+    if (u->fill == XFER_DBUF_SIZE) {
+        direct_write(c, u, XFER_DBUF_SIZE);
+        return;
+    }
+    if ((uint32_t)res >= DIRECT_YIELD) {
+        direct_read(c, u);
+        return;
+    }
+    /* A short read: the client is slower than the disk; do not sit on a shared buffer. */
+    aligned = u->fill & ~(XFER_ALIGN - 1);
+    u->yielding = true;
+    if (aligned > 0)
+        direct_write(c, u, aligned);
+    else
+        direct_yield(c, u);
+}
+
+static void direct_read(struct conn *c, struct upload *u)
+{
+    uint32_t room = XFER_DBUF_SIZE - u->fill;
+    uint32_t n = u->left < room ? (uint32_t)u->left : room;
+    struct io_uring_sqe *sqe = conn_op_sqe(c, on_direct_read);
+
+    /* Offset 0: a socket has no position. */
+    io_uring_prep_read_fixed(sqe, c->fd, dbuf(u) + u->fill, n, 0, u->dbuf);
+    sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+/* The socket is ours: read what is left of the body into the buffer. */
+static void direct_detached(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+
+    (void)res;
+    u->detached = true;
+    u->left = http_content_length(&c->hp);
+    direct_read(c, u);
 }
 
 /* ---- the request's end: rows, then the answer ---- */
@@ -389,6 +853,7 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
                         "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
             conn_resume(c);
         }
+        free(u->tail);
         free(u->mp);
         free(u);
         return;
@@ -400,6 +865,7 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
         answer(c, u);
         conn_resume(c);
     }
+    free(u->tail);
     free(u->mp);
     free(u);
 }
@@ -439,6 +905,7 @@ static bool insert_rows(struct conn *c, struct upload *u)
     count_failure(u, MET_UF_DATABASE);
     route_error(c, conn_head(c), 503, "database_unavailable",
                 "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
+    free(u->tail);
     free(u->mp);
     free(u);
     return false;
@@ -511,6 +978,21 @@ static void resume_feed(struct conn *c, struct upload *u)
 
 /* ---- the route's entry points ---- */
 
+/*
+ * How a raw body of expected bytes (0: chunked or empty) reaches the file. A small
+ * body is in the receive buffers by the time its file is open: a splice pair (two
+ * io-wq hops after a poll) for its last few hundred bytes would cost more than it saves.
+ */
+static enum up_mode raw_mode(const struct ring *r, uint64_t expected)
+{
+    if (expected == 0)
+        return MODE_BUFFERED;
+    if (r->cfg->direct_io_threshold > 0 && expected >= r->cfg->direct_io_threshold &&
+        xfer_direct(r))
+        return MODE_DIRECT;
+    return r->cfg->splice_uploads && expected >= SPLICE_MIN ? MODE_SPLICE : MODE_BUFFERED;
+}
+
 enum route_verdict route_upload_begin(struct conn *c, const char *user, const char *name,
                                       uint64_t expected, bool close)
 {
@@ -549,8 +1031,15 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     u->max = r->cfg->max_file_size;
     u->maxfiles = maxfiles;
     snprintf(u->user, sizeof(u->user), "%s", user);
+    u->dbuf = -1;
     conn_set_rdata(c, u, upload_gone);
     if (!multipart) {
+        u->mode = raw_mode(r, expected);
+        /* Stop receiving now: what is not in the receive buffers yet is the route's to read. */
+        if (u->mode == MODE_SPLICE)
+            conn_detach_body(c, splice_begin);
+        else if (u->mode == MODE_DIRECT)
+            conn_detach_body(c, direct_detached);
         begin_file(c, u, name, strlen(name));
         return ROUTE_PENDING;
     }
@@ -568,6 +1057,11 @@ enum route_verdict route_body(struct conn *c, struct http_span body)
 
     if (u == NULL)
         return ROUTE_ANSWERED;
+    if (u->mp == NULL && u->mode == MODE_DIRECT) {
+        u->in = body.p;
+        u->inlen = body.len;
+        return direct_copy(c, u) ? ROUTE_ANSWERED : ROUTE_PENDING;
+    }
     if (u->mp == NULL) {
         /* A chunked body is checked as it grows; a Content-Length one was at the door. */
         return write_span(c, u, body.p, body.len) ? ROUTE_PENDING : ROUTE_ANSWERED;
@@ -584,7 +1078,10 @@ enum route_verdict route_body_end(struct conn *c)
     if (u == NULL)
         return ROUTE_ANSWERED;
     if (u->mp == NULL) {
-        end_file(c, u);
+        if (u->mode == MODE_DIRECT && !u->finishing)
+            direct_finish(c, u);
+        else
+            end_file(c, u);
         return ROUTE_PENDING;
     }
     if (mp_finish(u->mp) < 0) {

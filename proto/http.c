@@ -217,6 +217,16 @@ void http_begin(struct http_parser *p, struct http_head *h)
     p->tail[1] = '\0';
 }
 
+int http_body_done(struct http_parser *p)
+{
+    if (p->err != 0 || !p->head_done || p->msg_done || http_content_length(p) == 0)
+        return -EINVAL;
+    /* llhttp waits for the bytes it was promised: start it afresh, as for a new message. */
+    llhttp_reset(&p->ll);
+    p->msg_done = 1;
+    return 0;
+}
+
 bool http_started(const struct http_parser *p)
 {
     return p->begun;

@@ -96,6 +96,14 @@ void http_begin(struct http_parser *p, struct http_head *h);
  */
 ssize_t http_feed(struct http_parser *p, const char *data, size_t len, struct http_ev *ev);
 
+/*
+ * The rest of a Content-Length body was read around the parser (spliced
+ * from the socket to a file): the message is complete. The parser is reset
+ * for the next request, as after HTTP_EV_DONE. Returns 0, or -EINVAL when the
+ * request in progress has no Content-Length body under way (nothing changes).
+ */
+int http_body_done(struct http_parser *p);
+
 /* True once the request in progress has begun (any byte of it consumed). */
 bool http_started(const struct http_parser *p);
 

@@ -222,6 +222,8 @@ static void test_table(void **state)
                                         "INSTANCE_ID",
                                         "MAX_CONNECTIONS",
                                         "FSYNC",
+                                        "SPLICE_UPLOADS",
+                                        "DIRECT_IO_THRESHOLD",
                                         "ALLOWED_TYPES",
                                         "PROCESSOR_CMD",
                                         "ALLOW_ANONYMOUS",

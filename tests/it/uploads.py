@@ -424,6 +424,9 @@ class Env:
         fds = self.deleted_fds()
         expect(not fds, "%s: the server still holds descriptors of unfinished files" % what,
                "none %.0f s later" % seconds, short(fds, 600))
+        # Direct descriptors are not in /proc/PID/fd: the server counts its open files.
+        held = db_routes.scrape(self.port).value("ringup_upload_files_open")
+        expect_eq("%s: ringup_upload_files_open" % what, 0, held)
 
     def still_serving(self, what):
         try:
@@ -445,6 +448,14 @@ def first_diff(a, b):
                 if a[j] != b[j]:
                     return j
     return n
+
+
+UPLOAD_PATHS = ("buffered", "spliced", "direct")
+
+
+def path_bytes(m):
+    """ringup_upload_bytes_total by path."""
+    return {p: m.value("ringup_upload_bytes_total", path=p) or 0 for p in UPLOAD_PATHS}
 
 
 def body_of(n):
@@ -1111,8 +1122,8 @@ def t_metrics(ctx):
         expect_eq("uploads started (put)", 4, m.value("ringup_uploads_started_total", route="put"))
         expect_eq("uploads completed (put)", 4,
                   m.value("ringup_uploads_completed_total", route="put"))
-        expect_eq("upload bytes (buffered)", 1000 + 2000 + 3000 + 5000,
-                  m.value("ringup_upload_bytes_total", path="buffered"))
+        expect_eq("upload bytes (all paths)", 1000 + 2000 + 3000 + 5000,
+                  sum(path_bytes(m).values()))
         expect_eq("upload duration count", 4, m.value("ringup_upload_duration_seconds_count"))
         c = Conn(env.port)
         c.send(put_head("m-cut.bin", env.token, 100000) + body_of(50000))
@@ -1127,6 +1138,101 @@ def t_metrics(ctx):
                 break
             time.sleep(0.1)
         expect_eq("uploads failed (put, client_gone)", 1, gone)
+
+
+# ==========================================================================
+# raw body paths: splice, buffered, O_DIRECT
+
+
+def pipelined_puts(env, bodies, what):
+    """PUTs of bodies sent back to back on one connection in one write, then a GET
+    /healthz on it: each answered 201 in order and stored exactly."""
+    c = Conn(env.port, timeout=30.0)
+    data = b""
+    names = []
+    for i, body in enumerate(bodies):
+        names.append("pipe%d-%d.bin" % (i, len(body)))
+        data += put_head(names[-1], env.token, len(body)) + body
+    data += b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    c.send(data)
+    for name, body in zip(names, bodies):
+        resp = c.read_response(timeout=30.0, what="%s: pipelined PUT of %d bytes" % (what, len(body)))
+        doc = env.accept(resp, body, name, what="%s: pipelined PUT %s" % (what, name))
+        env.check_stored(doc["id"], body, name, what="%s: pipelined %s" % (what, name))
+    r = c.read_response(timeout=10.0, what="%s: GET /healthz after the PUTs" % what)
+    expect_status(r, 200)
+    # Then one request at a time on the same connection: a small body (all in the first
+    # receive) and a large one, each followed by a request sent only after its answer.
+    for n in (100, 400000):
+        body = body_of(n)
+        name = "after-%d.bin" % n
+        c.send(put_head(name, env.token, n) + body)
+        resp = c.read_response(timeout=30.0, what="%s: PUT of %d bytes on a reused connection"
+                               % (what, n))
+        env.accept(resp, body, name, what="%s: PUT %s on a reused connection" % (what, name))
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        r = c.read_response(timeout=10.0, what="%s: GET /healthz after a %d-byte PUT" % (what, n))
+        expect_status(r, 200)
+    c.close()
+
+
+def slow_put(env, name, body, piece, pause):
+    """A PUT whose body trickles in pieces (a slow client); returns the 201 document."""
+    c = Conn(env.port, timeout=30.0)
+    c.send(put_head(name, env.token, len(body)))
+    for i in range(0, len(body), piece):
+        c.send(body[i:i + piece])
+        time.sleep(pause)
+    resp = c.read_response(timeout=30.0, what="slow PUT of %d bytes" % len(body))
+    c.close()
+    doc = env.accept(resp, body, name, what="slow PUT " + name)
+    env.check_stored(doc["id"], body, name, what="slow PUT " + name)
+    return doc
+
+
+@_test("upload: raw bodies by path (splice, SPLICE_UPLOADS=false, O_DIRECT from "
+       "DIRECT_IO_THRESHOLD): exact bytes, pipelined, slow and cut clients, bytes per path")
+def t_raw_paths(ctx):
+    sizes = [1, 4095, 4096, 65537, 300000, MIB + 12345, 3 * MIB]
+    cases = [("spliced", ("--splice-uploads", "true", "--direct-io-threshold", "0")),
+             ("buffered", ("--splice-uploads", "false", "--direct-io-threshold", "0")),
+             ("direct", ("--splice-uploads", "true", "--direct-io-threshold", "65536"))]
+    for path, args in cases:
+        with db_routes.TestDb(ctx) as db:
+            env = Env(ctx, db, *args)
+            m0 = path_bytes(db_routes.scrape(env.port))
+            total = 0
+            for n in sizes:
+                env.put_ok("%s-%d.bin" % (path, n), body_of(n))
+                total += n
+            pipe_bodies = [body_of(200000), body_of(70000), body_of(5)]
+            pipelined_puts(env, pipe_bodies, path)
+            total += sum(len(b) for b in pipe_bodies) + 100 + 400000
+            slow = body_of(150000)
+            slow_put(env, "%s-slow.bin" % path, slow, 7000, 0.02)
+            total += len(slow)
+            m = path_bytes(db_routes.scrape(env.port))
+            d = {p: m[p] - m0[p] for p in m}
+            ctx.note("%s server: bytes by path %s" % (path, d))
+            expect_eq("%s server: body bytes over all paths" % path, total, sum(d.values()))
+            if path == "buffered":
+                expect_eq("buffered server: spliced and direct bytes", (0, 0),
+                          (d["spliced"], d["direct"]))
+            elif path == "spliced":
+                expect_eq("spliced server: direct bytes", 0, d["direct"])
+                expect(d["spliced"] >= 3 * MIB, "spliced server: bytes spliced",
+                       ">= %d (most of the bodies)" % (3 * MIB), d["spliced"])
+            else:
+                big = sum(n for n in sizes if n >= 65536) + 200000 + 70000 + 400000 + len(slow)
+                expect_eq("direct server: bytes written with O_DIRECT", big, d["direct"])
+            # A client that goes away mid-body leaves nothing behind on this path either.
+            c = Conn(env.port)
+            c.send(put_head("%s-cut.bin" % path, env.token, 2 * MIB) + body_of(600000))
+            time.sleep(0.3)
+            c.close()
+            env.settle(what="%s server: after a PUT cut mid-body" % path)
+            env.still_serving("%s server: after a PUT cut mid-body" % path)
+            env.server.stop()
 
 
 # ==========================================================================
@@ -1152,10 +1258,19 @@ def t_download(ctx):
         body = body_of(3 * MIB + 11)
         doc = env.put_ok("dl.bin", body)
         fid = doc["id"]
+        m0 = db_routes.scrape(env.port)
         r = get_content(env.port, fid, env.token)
         expect_status(r, 200)
         expect_eq("downloaded sha256", hashlib.sha256(body).hexdigest(),
                   hashlib.sha256(r.body).hexdigest())
+        # The body went file -> pipe -> socket: every byte by splice, none through buffers.
+        m1 = db_routes.scrape(env.port)
+        moved = {p: (m1.value("ringup_download_bytes_total", path=p) or 0) -
+                 (m0.value("ringup_download_bytes_total", path=p) or 0)
+                 for p in ("spliced", "buffered")}
+        expect_eq("download bytes by path", {"spliced": len(body), "buffered": 0}, moved)
+        expect_eq("splice pipes in use after the download", 0,
+                  m1.value("ringup_splice_pipes_in_use"))
         expect_eq("Content-Type", "application/octet-stream", r.hget("content-type"))
         expect("attachment" in (r.hget("content-disposition") or ""),
                "no attachment disposition", "Content-Disposition: attachment; ...",

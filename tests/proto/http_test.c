@@ -992,6 +992,59 @@ static void test_many_requests(void **state)
     free(in);
 }
 
+/* Feed data whole until one event; returns the bytes consumed. */
+static size_t feed_event(struct http_parser *p, const char *data, size_t len, struct http_ev *ev)
+{
+    ssize_t n = http_feed(p, data, len, ev);
+
+    assert_true(n >= 0);
+    return (size_t)n;
+}
+
+/*
+ * A Content-Length body whose rest is read around the parser (spliced):
+ * http_body_done() completes the message and the next request parses.
+ */
+static void test_body_done(void **state)
+{
+    static const char put[] = "PUT /f HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
+    static const char get[] = "GET /g HTTP/1.1\r\n\r\n";
+    static const char chunked[] = "PUT /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    struct http_head *h = malloc(sizeof(*h));
+    struct http_parser p;
+    struct http_ev ev;
+    size_t used;
+
+    (void)state;
+    assert_non_null(h);
+    http_init(&p);
+    http_begin(&p, h);
+    assert_int_equal(http_body_done(&p), -EINVAL); /* nothing under way */
+    used = feed_event(&p, put, sizeof(put) - 1, &ev);
+    assert_int_equal(ev.kind, HTTP_EV_HEAD);
+    used += feed_event(&p, put + used, sizeof(put) - 1 - used, &ev);
+    assert_int_equal(used, sizeof(put) - 1);
+    assert_int_equal(ev.body.len, 3);
+    assert_int_equal(http_content_length(&p), 7); /* what is left in the socket */
+    assert_int_equal(http_body_done(&p), 0);
+    assert_int_equal(http_body_done(&p), -EINVAL); /* once */
+
+    http_begin(&p, h);
+    used = feed_event(&p, get, sizeof(get) - 1, &ev);
+    assert_int_equal(ev.kind, HTTP_EV_HEAD);
+    assert_int_equal(h->method, HTTP_GET);
+    assert_int_equal(http_body_done(&p), -EINVAL); /* no body */
+    used += feed_event(&p, get + used, sizeof(get) - 1 - used, &ev);
+    assert_int_equal(ev.kind, HTTP_EV_DONE);
+    assert_int_equal(used, sizeof(get) - 1);
+
+    http_begin(&p, h);
+    used = feed_event(&p, chunked, sizeof(chunked) - 1, &ev);
+    assert_int_equal(ev.kind, HTTP_EV_HEAD);
+    assert_int_equal(http_body_done(&p), -EINVAL); /* chunked bodies are parsed */
+    free(h);
+}
+
 /* Write a head into a buffer of exactly cap bytes (ASan checks the bound). */
 static ssize_t write_head_cap(size_t cap, const struct http_resp *r, char *copy)
 {
@@ -1181,6 +1234,7 @@ int main(void)
         cmocka_unit_test(test_upgrade_then_big_head),
         cmocka_unit_test(test_feed_empty),
         cmocka_unit_test(test_many_requests),
+        cmocka_unit_test(test_body_done),
         cmocka_unit_test(test_write_head),
         cmocka_unit_test(test_format_date),
         cmocka_unit_test(test_reason),

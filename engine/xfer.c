@@ -1,0 +1,226 @@
+/*
+ * xfer: splice pipes and O_DIRECT buffers of one worker (see xfer.h).
+ */
+#include "engine/xfer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#include "engine/log.h"
+#include "engine/ring.h"
+
+static void queue_push(struct xfer_queue *q, uint64_t ref, conn_op_fn fn)
+{
+    if (q->count == q->cap) {
+        uint32_t cap = q->cap ? q->cap * 2 : 64;
+        uint64_t *refs = malloc(cap * sizeof(*refs));
+        conn_op_fn *fns = malloc(cap * sizeof(*fns));
+        uint32_t i;
+
+        if (refs == NULL || fns == NULL)
+            log_oom();
+        for (i = 0; i < q->count; i++) {
+            refs[i] = q->ref[(q->head + i) % q->cap];
+            fns[i] = q->fn[(q->head + i) % q->cap];
+        }
+        free(q->ref);
+        free(q->fn);
+        q->ref = refs;
+        q->fn = fns;
+        q->head = 0;
+        q->cap = cap;
+    }
+    q->ref[(q->head + q->count) % q->cap] = ref;
+    q->fn[(q->head + q->count) % q->cap] = fn;
+    q->count++;
+}
+
+/* Call the first waiter still open; waiters that closed meanwhile are dropped. */
+static void queue_wake(struct ring *r, struct xfer_queue *q)
+{
+    while (q->count > 0) {
+        uint64_t ref = q->ref[q->head];
+        conn_op_fn fn = q->fn[q->head];
+        struct conn *c;
+
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+        c = conn_find(r, ref);
+        if (c != NULL) {
+            fn(c, 0);
+            return;
+        }
+    }
+}
+
+static void queue_free(struct xfer_queue *q)
+{
+    free(q->ref);
+    free(q->fn);
+    memset(q, 0, sizeof(*q));
+}
+
+static void init_direct(struct ring *r)
+{
+    struct xfer *x = &r->xfer;
+    struct iovec iov[XFER_DBUFS];
+    size_t total = (size_t)XFER_DBUFS * XFER_DBUF_SIZE;
+    char *mem = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int ret;
+    int i;
+
+    if (mem == MAP_FAILED) {
+        log_warn("O_DIRECT buffers unavailable", "error=%s worker=%u", strerror(errno), r->id);
+        return;
+    }
+    for (i = 0; i < XFER_DBUFS; i++) {
+        iov[i].iov_base = mem + (size_t)i * XFER_DBUF_SIZE;
+        iov[i].iov_len = XFER_DBUF_SIZE;
+    }
+    ret = io_uring_register_buffers(r->uring, iov, XFER_DBUFS);
+    if (ret < 0) {
+        /* Typically RLIMIT_MEMLOCK: large bodies then take the splice or buffered path. */
+        log_warn("O_DIRECT buffers not registered", "error=%s worker=%u", strerror(-ret), r->id);
+        munmap(mem, total);
+        return;
+    }
+    x->dbuf_mem = mem;
+    for (i = XFER_DBUFS; i-- > 0;)
+        x->dbuf_free[x->ndbuf_free++] = (uint16_t)i;
+    met_set(&r->met.dbufs_total, XFER_DBUFS);
+}
+
+void xfer_init(struct ring *r, bool direct)
+{
+    memset(&r->xfer, 0, sizeof(r->xfer));
+    r->xfer.pipe_size = 65536;
+    if (direct)
+        init_direct(r);
+}
+
+void xfer_fini(struct ring *r)
+{
+    struct xfer *x = &r->xfer;
+    uint32_t i;
+
+    for (i = 0; i < x->nidle; i++) {
+        close(x->idle[i].rd);
+        close(x->idle[i].wr);
+    }
+    if (x->dbuf_mem != NULL) {
+        io_uring_unregister_buffers(r->uring);
+        munmap(x->dbuf_mem, (size_t)XFER_DBUFS * XFER_DBUF_SIZE);
+    }
+    queue_free(&x->pipe_wait);
+    queue_free(&x->dbuf_wait);
+    memset(x, 0, sizeof(*x));
+}
+
+/* A new pipe, as large as the kernel lets this process make it. */
+static int pipe_open(struct xfer *x, struct xfer_pipe *p)
+{
+    int fds[2];
+    int size;
+
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -errno;
+    /* Unprivileged users past pipe-user-pages-soft keep the default size: fine. */
+    size = fcntl(fds[1], F_SETPIPE_SZ, XFER_PIPE_SIZE);
+    if (size < 0)
+        size = fcntl(fds[1], F_GETPIPE_SZ);
+    if (size > 0 && (uint32_t)size > x->pipe_size)
+        x->pipe_size = (uint32_t)size;
+    p->rd = fds[0];
+    p->wr = fds[1];
+    return 0;
+}
+
+bool xfer_pipe_get(struct conn *c, struct xfer_pipe *p, conn_op_fn fn, int *err)
+{
+    struct ring *r = conn_ring(c);
+    struct xfer *x = &r->xfer;
+    int ret;
+
+    *err = 0;
+    if (x->nidle > 0) {
+        *p = x->idle[--x->nidle];
+        met_inc(&r->met.pipes_in_use);
+        return true;
+    }
+    if (x->open == XFER_PIPES) {
+        if (fn == NULL)
+            return false;
+        met_inc(&r->met.pipe_waits);
+        queue_push(&x->pipe_wait, conn_ref(c), fn);
+        return false;
+    }
+    ret = pipe_open(x, p);
+    if (ret < 0) {
+        *err = ret;
+        return false;
+    }
+    x->open++;
+    met_set(&r->met.pipes_open, x->open);
+    met_inc(&r->met.pipes_in_use);
+    return true;
+}
+
+void xfer_pipe_put(struct ring *r, struct xfer_pipe p, bool empty)
+{
+    struct xfer *x = &r->xfer;
+
+    met_dec(&r->met.pipes_in_use);
+    if (empty) {
+        x->idle[x->nidle++] = p;
+    } else {
+        /* Bytes may be left in it: a new pipe is cheaper than draining this one. */
+        close(p.rd);
+        close(p.wr);
+        x->open--;
+        met_set(&r->met.pipes_open, x->open);
+    }
+    /* A waiter that no longer needs one takes nothing: wake the next. */
+    while (x->pipe_wait.count > 0 && (x->nidle > 0 || x->open < XFER_PIPES))
+        queue_wake(r, &x->pipe_wait);
+}
+
+bool xfer_direct(const struct ring *r)
+{
+    return r->xfer.dbuf_mem != NULL;
+}
+
+int xfer_dbuf_get(struct conn *c, conn_op_fn fn)
+{
+    struct ring *r = conn_ring(c);
+    struct xfer *x = &r->xfer;
+
+    if (x->ndbuf_free == 0) {
+        met_inc(&r->met.dbuf_waits);
+        queue_push(&x->dbuf_wait, conn_ref(c), fn);
+        return -1;
+    }
+    met_inc(&r->met.dbufs_in_use);
+    return x->dbuf_free[--x->ndbuf_free];
+}
+
+void xfer_dbuf_put(struct ring *r, int idx)
+{
+    struct xfer *x = &r->xfer;
+
+    x->dbuf_free[x->ndbuf_free++] = (uint16_t)idx;
+    met_dec(&r->met.dbufs_in_use);
+    while (x->dbuf_wait.count > 0 && x->ndbuf_free > 0)
+        queue_wake(r, &x->dbuf_wait);
+}
+
+char *xfer_dbuf_addr(const struct ring *r, int idx)
+{
+    return r->xfer.dbuf_mem + (size_t)idx * XFER_DBUF_SIZE;
+}

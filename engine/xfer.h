@@ -1,0 +1,77 @@
+/*
+ * xfer: what one worker lends to zero-copy transfers. Splice pipes come from
+ * a bounded pool and are held only while a splice pair (into the pipe, out of
+ * it) runs; O_DIRECT buffers are aligned slabs registered with the ring
+ * (fixed buffers), held while an upload fills and writes one. A transfer that
+ * finds the pool lent out queues and is called back, in order, when one is
+ * given back.
+ */
+#ifndef ENGINE_XFER_H
+#define ENGINE_XFER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/conn.h"
+
+struct ring;
+
+#define XFER_PIPES 64               /* pipes one worker keeps open at most */
+#define XFER_PIPE_SIZE (1u << 20)   /* pipe capacity asked for (F_SETPIPE_SZ) */
+#define XFER_DBUFS 16               /* O_DIRECT buffers per worker */
+#define XFER_DBUF_SIZE (512u << 10) /* bytes per O_DIRECT buffer */
+#define XFER_ALIGN 4096u            /* O_DIRECT alignment of memory, offsets and lengths */
+
+struct xfer_pipe {
+    int rd; /* read end */
+    int wr; /* write end */
+};
+
+/* Connections waiting for a pipe or a buffer, first come first served. */
+struct xfer_queue {
+    uint64_t *ref; /* conn_ref() of each waiter */
+    conn_op_fn *fn;
+    uint32_t head;
+    uint32_t count;
+    uint32_t cap;
+};
+
+struct xfer {
+    struct xfer_pipe idle[XFER_PIPES]; /* pipes open and empty */
+    uint32_t nidle;
+    uint32_t open;      /* pipes open: idle or lent */
+    uint32_t pipe_size; /* capacity of a pipe, bytes */
+    struct xfer_queue pipe_wait;
+    char *dbuf_mem;                 /* XFER_DBUFS * XFER_DBUF_SIZE, registered; NULL: no O_DIRECT */
+    uint16_t dbuf_free[XFER_DBUFS]; /* indexes of free buffers */
+    uint32_t ndbuf_free;
+    struct xfer_queue dbuf_wait;
+};
+
+/*
+ * Set up a worker's pools; registers the O_DIRECT buffers with its ring when
+ * direct is true (a failure only disables O_DIRECT, logged). Never fails.
+ */
+void xfer_init(struct ring *r, bool direct);
+void xfer_fini(struct ring *r);
+
+/*
+ * A pipe for one splice pair: true and *p, or false when the pool is lent out
+ * (then fn(c, 0) runs once one comes back, unless fn is NULL; call
+ * xfer_pipe_get() again there) or no pipe can be made (-errno in *err, fn not
+ * queued).
+ */
+bool xfer_pipe_get(struct conn *c, struct xfer_pipe *p, conn_op_fn fn, int *err);
+
+/* Give a pipe back; empty is false when bytes may be left in it (it is closed). */
+void xfer_pipe_put(struct ring *r, struct xfer_pipe p, bool empty);
+
+/* Whether O_DIRECT buffers are available on this worker at all. */
+bool xfer_direct(const struct ring *r);
+
+/* An O_DIRECT buffer index, or -1 when all are lent (fn(c, 0) runs when one is back). */
+int xfer_dbuf_get(struct conn *c, conn_op_fn fn);
+void xfer_dbuf_put(struct ring *r, int idx);
+char *xfer_dbuf_addr(const struct ring *r, int idx);
+
+#endif /* ENGINE_XFER_H */
