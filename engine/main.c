@@ -9,6 +9,7 @@
 #include "engine/cfg.h"
 #include "engine/log.h"
 #include "engine/srv.h"
+#include "engine/store.h"
 
 #define RINGUP_VERSION "0.1.0"
 
@@ -20,6 +21,7 @@ static void usage(FILE *out)
                  "       ringup token create --user NAME [--env-file FILE] [--SETTING VALUE ...]\n"
                  "       ringup token revoke TOKEN_OR_PREFIX [--env-file FILE] "
                  "[--SETTING VALUE ...]\n"
+                 "       ringup init-storage [--env-file FILE] [--SETTING VALUE ...]\n"
                  "       ringup check-config [--env-file FILE] [--SETTING VALUE ...]\n"
                  "       ringup --version | --help\n"
                  "\n"
@@ -28,7 +30,8 @@ static void usage(FILE *out)
                  "default.\n"
                  "migrate creates or upgrades the PostgreSQL schema of DATABASE_URL. token\n"
                  "create prints a new API token once and stores only its hash; token revoke\n"
-                 "takes the token or its first 12 characters (rgu_XXXXXXXX).\n"
+                 "takes the token or its first 12 characters (rgu_XXXXXXXX). init-storage\n"
+                 "creates STORAGE_DIR's 65,792 shard directories ahead of the first uploads.\n"
                  "Exit status: 0 ok, 1 failure, 2 usage or configuration error.\n");
 }
 
@@ -151,6 +154,30 @@ out_free:
     return ret;
 }
 
+/* ringup init-storage: every shard directory made once, not on each first upload. */
+static int init_storage(struct cfg *c, int argc, char **argv)
+{
+    long made;
+    int ret = load(c, argc, argv, true);
+
+    if (ret != 0)
+        return ret;
+    ret = store_init(c);
+    if (ret < 0) {
+        fprintf(stderr, "ringup: STORAGE_DIR %s: %s\n", c->storage_dir, strerror(-ret));
+        return 1;
+    }
+    made = store_init_shards();
+    if (made < 0) {
+        fprintf(stderr, "ringup: shard directories under %s: %s\n", c->storage_dir,
+                strerror((int)-made));
+        return 1;
+    }
+    fprintf(stderr, "ringup: %ld shard directories created under %s/objects\n", made,
+            c->storage_dir);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct cfg cfg;
@@ -189,6 +216,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "migrate") == 0)
         return admin(&cfg, "migrate", argc - first, argv + first);
+    if (strcmp(cmd, "init-storage") == 0)
+        return init_storage(&cfg, argc - first, argv + first);
     if (strcmp(cmd, "token") == 0) {
         const char *sub = argc > 2 ? argv[2] : "";
 

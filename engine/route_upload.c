@@ -67,6 +67,7 @@ struct ufile {
     char id[STORE_ID_LEN + 1];
     char name[IDS_NAME_MAX + 1];
     char key[STORE_KEY_MAX]; /* objects/ab/cd/<id>, kept for linkat */
+    char shard[16];          /* objects/ab/cd, where the nameless file is made; "." if missing */
     char proc[32];           /* /proc/self/fd/N, kept for linkat */
 };
 
@@ -222,7 +223,11 @@ static void on_sync(struct conn *c, int res);
 static void on_link(struct conn *c, int res);
 static void on_mkdir(struct conn *c, int res);
 
-/* Create the current file, nameless, in STORAGE_DIR. */
+/*
+ * Create the current file, nameless, in the shard directory it will be linked
+ * into: its inode is allocated near that directory (spread over the tree, not
+ * all in STORAGE_DIR's block group) and the link stays within one directory.
+ */
 static void submit_open(struct conn *c, struct upload *u)
 {
     struct ufile *f = u->cur;
@@ -231,10 +236,10 @@ static void submit_open(struct conn *c, struct upload *u)
 
     if (f->fixed)
         /* liburing 2.3 adds 1 to the index itself: ALLOC - 1 asks for any free slot. */
-        io_uring_prep_openat_direct(sqe, store_dirfd(), ".", flags, 0640,
+        io_uring_prep_openat_direct(sqe, store_dirfd(), f->shard, flags, 0640,
                                     IORING_FILE_INDEX_ALLOC - 1);
     else
-        io_uring_prep_openat(sqe, store_dirfd(), ".", flags | O_CLOEXEC, 0640);
+        io_uring_prep_openat(sqe, store_dirfd(), f->shard, flags | O_CLOEXEC, 0640);
 }
 
 static void begin_file(struct conn *c, struct upload *u, const char *name, size_t len)
@@ -247,6 +252,7 @@ static void begin_file(struct conn *c, struct upload *u, const char *name, size_
     ids_filename(name, len, f->name);
     store_new_id(f->id);
     store_key(f->id, f->key);
+    store_shard_dirs(f->id, u->dir, f->shard);
     u->cur = f;
     submit_open(c, u);
 }
@@ -324,6 +330,12 @@ static void on_open(struct conn *c, int res)
 {
     struct upload *u = c->rdata;
 
+    if (res == -ENOENT && strcmp(u->cur->shard, ".") != 0) {
+        /* The shard is not made yet (ringup init-storage makes them all): STORAGE_DIR then. */
+        snprintf(u->cur->shard, sizeof(u->cur->shard), ".");
+        submit_open(c, u);
+        return;
+    }
     if (res == -EINVAL && u->mode == MODE_DIRECT) {
         /* This filesystem takes no O_DIRECT: the page cache it is. */
         u->mode = u->ring->cfg->splice_uploads ? MODE_SPLICE : MODE_BUFFERED;

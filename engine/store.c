@@ -53,6 +53,32 @@ int store_init(const struct cfg *c)
     return 0;
 }
 
+long store_init_shards(void)
+{
+    static const char hex[] = "0123456789abcdef";
+    char path[32];
+    long made = 0;
+    int a;
+    int b;
+
+    for (a = 0; a < 256; a++) {
+        snprintf(path, sizeof(path), "objects/%c%c", hex[a >> 4], hex[a & 15]);
+        if (mkdirat(dirfd_, path, 0750) == 0)
+            made++;
+        else if (errno != EEXIST)
+            return -errno;
+        for (b = 0; b < 256; b++) {
+            snprintf(path, sizeof(path), "objects/%c%c/%c%c", hex[a >> 4], hex[a & 15], hex[b >> 4],
+                     hex[b & 15]);
+            if (mkdirat(dirfd_, path, 0750) == 0)
+                made++;
+            else if (errno != EEXIST)
+                return -errno;
+        }
+    }
+    return made;
+}
+
 int store_dirfd(void)
 {
     return dirfd_;

@@ -19,6 +19,13 @@
 /* Create STORAGE_DIR and objects/ if missing, open the directory. Main thread. 0 or -errno. */
 int store_init(const struct cfg *c);
 
+/*
+ * Create every shard directory (objects/00/00 .. objects/ff/ff) that is missing,
+ * so no upload pays for a first-use mkdir. After store_init(). Returns the number
+ * created, or -errno.
+ */
+long store_init_shards(void);
+
 /* The storage directory (an O_DIRECTORY descriptor, for the *at calls). */
 int store_dirfd(void);
 

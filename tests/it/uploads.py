@@ -1235,6 +1235,35 @@ def t_raw_paths(ctx):
             env.server.stop()
 
 
+@_test("upload: ringup init-storage makes every shard directory once; uploads into such a store "
+       "succeed")
+def t_init_storage(ctx):
+    with db_routes.TestDb(ctx) as db:
+        base = harness.tmpdir()
+        store = os.path.join(base, "store")
+        r = ctx.cli("init-storage", "--storage-dir", store, timeout=50.0)
+        expect_eq("init-storage exit status", 0, r.rc)
+        expect("65792 shard directories created" in r.err, "init-storage report",
+               "65792 shard directories created", short(r.err))
+        tops = sorted(os.listdir(os.path.join(store, "objects")))
+        expect_eq("top-level shards", 256, len(tops))
+        expect_eq("shards under objects/a7", 256,
+                  len(os.listdir(os.path.join(store, "objects", "a7"))))
+        r = ctx.cli("init-storage", "--storage-dir", store, timeout=50.0)
+        expect_eq("second init-storage exit status", 0, r.rc)
+        expect("0 shard directories created" in r.err, "second init-storage report",
+               "0 shard directories created", short(r.err))
+        env = Env(ctx, db, storage=store)
+        for n in (10, 300000):
+            env.put_ok("shard-%d.bin" % n, body_of(n))
+        dirs = [os.path.join(store, "objects", a, b) for a in tops
+                for b in os.listdir(os.path.join(store, "objects", a))]
+        expect_eq("shard directories after the uploads", 65792, len(dirs) + len(tops))
+        env.settle(what="after uploads into an initialized store")
+        r = ctx.cli("init-storage", "--storage-dir", "/proc/nope")
+        expect_eq("init-storage on an impossible directory: exit status", 1, r.rc)
+
+
 # ==========================================================================
 # downloads: GET /v1/files/{id}/content
 
