@@ -28,13 +28,13 @@ LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) $(GEN_OBJ)
 LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
 BIN        := $(BUILD)/ringup
 
-UNIT_SRC   := $(sort $(wildcard tests/engine/*_test.c tests/proto/*_test.c))
+UNIT_SRC   := $(sort $(wildcard tests/engine/*_test.c tests/proto/*_test.c tests/bench/*_test.c))
 UNIT_BIN   := $(UNIT_SRC:%.c=$(BUILD)/%)
 FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 REPLAY_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/replay/%)
 FUZZ_BIN   := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all run test asan test-suite units fuzz check format check-format bench-healthz bench-db bench-put clean \
+.PHONY: all run test asan test-suite units fuzz check format check-format bench-healthz bench-db bench-put bench bench-scale clean \
         devstack-start devstack-stop
 
 all: ringup
@@ -74,7 +74,7 @@ $(BUILD)/replay/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_OBJ) $(LLHTTP_OBJ)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c \
 	    $(LIB_OBJ) $(LLHTTP_OBJ) $(LIBS)
 
-units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN) $(BUILD)/bench/dbload
+units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN) $(BUILD)/bench/dbload $(BUILD)/bench/ringup-load
 
 # Serve against the devstack: migrate its database, keep a token for user "dev" in
 # var/dev-token (created once, mode 0600; delete the file for a new one), then serve.
@@ -84,7 +84,7 @@ run:
 	tools/devstack start
 	@tools/devstack banner
 	@eval "$$(tools/devstack env)" && export DATABASE_URL REDIS_URL && \
-	./ringup migrate && \
+	./ringup migrate && ./ringup init-storage && \
 	if [ ! -s var/dev-token ]; then \
 	    (umask 077 && ./ringup token create --user dev >var/dev-token.new) && \
 	        mv var/dev-token.new var/dev-token || { rm -f var/dev-token.new; exit 1; }; \
@@ -101,7 +101,7 @@ run:
 # against the release binary with a private PostgreSQL and Redis.
 test:
 	tools/bootstrap
-	$(MAKE) ringup build/bench/dbload
+	$(MAKE) ringup build/bench/dbload build/bench/ringup-load
 	$(MAKE) BUILD=build/asan SANITIZER=address,undefined units
 	tools/run-tests --units build/asan --bin ./ringup
 
@@ -133,7 +133,7 @@ check:
 	        || { echo "check: $$h is not self-contained"; exit 1; }; done
 	@echo "check: ok"
 
-FORMAT_SRC = $(wildcard engine/*.[ch] proto/*.[ch] tests/*/*.[ch] bench/*.[ch])
+FORMAT_SRC = $(wildcard engine/*.[ch] proto/*.[ch] tests/*/*.[ch] bench/*.[ch] bench/load/*.[ch])
 format:
 	clang-format -i $(FORMAT_SRC)
 
@@ -145,12 +145,28 @@ $(BUILD)/bench/%: bench/%.c $(LIB_OBJ) $(LLHTTP_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LLHTTP_OBJ) $(LIBS)
 
+# The load generator (bench/load): its own modules only, no engine; liburing from Debian.
+LOAD_SRC := $(sort $(wildcard bench/load/*.c))
+$(BUILD)/bench/ringup-load: $(LOAD_SRC:%.c=$(BUILD)/%.o)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ -luring -lm -pthread
+
 bench-db: ringup $(BUILD)/bench/dbload
 	bench/dbload.sh
 
 bench-put: ringup
 	tools/bootstrap --bench
 	bench/put.sh
+
+# The matrix against nginx with the project's load generator (under 15 minutes), and the
+# scale run (10,000 slow uploads, then idle connections past the descriptor limit).
+bench: ringup $(BUILD)/bench/ringup-load
+	tools/bootstrap --bench
+	bench/bench.sh
+
+bench-scale: ringup $(BUILD)/bench/ringup-load
+	tools/bootstrap --bench
+	bench/scale.sh
 
 bench-healthz: ringup
 	tools/bootstrap --bench

@@ -123,7 +123,7 @@ static const struct opt opts[] = {
     {U32("MAX_CONNECTIONS", max_connections, "20000", 1, 1000000)},
     {BOOL("FSYNC", fsync, "true")},
     {BOOL("SPLICE_UPLOADS", splice_uploads, "true")},
-    {U64("DIRECT_IO_THRESHOLD", direct_io_threshold, "1048576", 0, FILE_SIZE_MAX)},
+    {U64("DIRECT_IO_THRESHOLD", direct_io_threshold, "262144", 0, FILE_SIZE_MAX)},
     {STR("ALLOWED_TYPES", allowed_types, "", 0, 0)},
     {STR("PROCESSOR_CMD", processor_cmd, "", 0, 0)},
     {BOOL("ALLOW_ANONYMOUS", allow_anonymous, "false")},

@@ -1225,6 +1225,8 @@ import db_routes  # noqa: E402
 db_routes.register(test)
 import uploads  # noqa: E402
 uploads.register(test)
+import load  # noqa: E402
+load.register(test)
 
 
 # ==========================================================================
