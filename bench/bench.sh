@@ -259,12 +259,13 @@ set output "$results/$stamp.png"
 set multiplot layout 1,2 title "16 KiB raw PUT: ringup $rev vs nginx (same run)"
 set logscale x
 set xlabel "connections"
-set key top left
+set key bottom left
 set ylabel "uploads/s"
 plot "$results/$stamp.dat" index 0 using 1:2 with linespoints title "ringup FSYNC=false", \
      "" index 1 using 1:2 with linespoints title "ringup FSYNC=true", \
      "" index 2 using 1:2 with linespoints title "nginx"
 set ylabel "p99 latency (ms)"
+set key top left
 set logscale y
 plot "$results/$stamp.dat" index 0 using 1:3 with linespoints title "ringup FSYNC=false", \
      "" index 1 using 1:3 with linespoints title "ringup FSYNC=true", \

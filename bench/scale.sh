@@ -89,7 +89,9 @@ for n in 20000 30000 40000 50000 60000; do
 done
 stop "$ipid"
 
-# --- report ------------------------------------------------------------------------------------
+# --- report (also in bench/results/<UTC time>-scale.md) -----------------------------------------
+mkdir -p "$root/bench/results"
+exec > >(tee "$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-scale.md")
 rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo
 echo "ringup $rev, $workers workers, FSYNC=false; client build/bench/ringup-load"
