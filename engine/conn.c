@@ -151,10 +151,36 @@ static void obuf_put(struct ring *r, struct obuf *o)
 
 static void release_head(struct conn *c)
 {
-    if (c->hp.head != NULL) {
+    if (c->hp.head == NULL)
+        return;
+    if (c->head_compact) {
+        met_dec(&c->ring->met.heads_in_use);
+        free(c->hp.head);
+    } else {
         head_put(c->ring, c->hp.head);
-        c->hp.head = NULL;
     }
+    c->hp.head = NULL;
+    c->head_compact = 0;
+}
+
+/*
+ * A request with a Content-Length body may stay in flight for long (a slow
+ * upload): it keeps a right-sized copy of its head, not a 17 KiB head buffer.
+ */
+static void compact_head(struct conn *c)
+{
+    struct http_head *h = c->hp.head;
+    size_t n = http_head_size(h);
+    struct http_head *small = malloc(n);
+
+    if (small == NULL)
+        log_oom();
+    memcpy(small, h, n);
+    small->cap = h->len;
+    head_put(c->ring, h);
+    met_inc(&c->ring->met.heads_in_use);
+    c->hp.head = small;
+    c->head_compact = 1;
 }
 
 /* Give every queued receive buffer back. */
@@ -551,7 +577,11 @@ static void process(struct conn *c)
                 skip_body(c, ev.body.len);
         }
         if (ev.kind == HTTP_EV_HEAD) {
-            enum route_verdict v = route_head(c, c->hp.head, &c->hp, false);
+            enum route_verdict v;
+
+            if (http_content_length(&c->hp) > 0)
+                compact_head(c);
+            v = route_head(c, c->hp.head, &c->hp, false);
 
             c->state = CONN_BODY;
             c->skipping = v == ROUTE_SKIP_BODY;

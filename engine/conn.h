@@ -73,6 +73,7 @@ struct conn {
     uint8_t detach : 1;       /* the route reads the rest of the body: stop receiving */
     uint8_t route_io : 1;     /* the route moves bytes on the socket itself (splice, O_DIRECT) */
     uint8_t drain_all : 1;    /* drain_fn waits for the whole output, not CONN_OUT_LOW */
+    uint8_t head_compact : 1; /* hp.head is a right-sized copy (malloc), not a pool buffer */
     uint32_t held;            /* bytes of in_first the route still reads (a write in flight) */
     conn_op_fn op_fn;         /* completion of the route's file op in flight */
     conn_op_fn drain_fn;      /* called once when queued output falls to CONN_OUT_LOW */

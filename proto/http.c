@@ -6,6 +6,7 @@
 #include "proto/http.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -16,7 +17,7 @@ static int head_append(struct http_parser *p, const char *at, size_t len)
 {
     struct http_head *h = p->head;
 
-    if (len > HTTP_HEAD_MAX - h->len) {
+    if (len > h->cap - h->len) {
         p->err = -EMSGSIZE;
         return -1;
     }
@@ -203,6 +204,7 @@ void http_init(struct http_parser *p)
 void http_begin(struct http_parser *p, struct http_head *h)
 {
     h->len = 0;
+    h->cap = HTTP_HEAD_MAX;
     h->url_len = 0;
     h->nhdr = 0;
     h->method = 0;
@@ -225,6 +227,11 @@ int http_body_done(struct http_parser *p)
     llhttp_reset(&p->ll);
     p->msg_done = 1;
     return 0;
+}
+
+size_t http_head_size(const struct http_head *h)
+{
+    return offsetof(struct http_head, buf) + h->len;
 }
 
 bool http_started(const struct http_parser *p)

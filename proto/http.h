@@ -44,6 +44,7 @@ struct http_hdr {
  */
 struct http_head {
     uint32_t len;       /* bytes used in buf */
+    uint32_t cap;       /* bytes buf can hold: HTTP_HEAD_MAX, or len once compacted */
     uint16_t url_len;   /* the request target is buf[0..url_len) */
     uint16_t nhdr;      /* headers in hdr[] */
     uint8_t method;     /* enum llhttp_method */
@@ -83,6 +84,14 @@ void http_init(struct http_parser *p);
 
 /* Attach empty head storage for the next request. Ownership stays with the caller. */
 void http_begin(struct http_parser *p, struct http_head *h);
+
+/*
+ * Bytes of h that hold its request line and headers: a copy of that many
+ * bytes, with cap set to len, is a complete head (nothing more can be added
+ * to it). The caller may swap such a copy in for p->head once the head is
+ * complete and the body has a Content-Length (no trailers follow).
+ */
+size_t http_head_size(const struct http_head *h);
 
 /*
  * Feed bytes. Stops after the first event and returns the number of bytes

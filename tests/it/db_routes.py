@@ -40,22 +40,13 @@ FIELDS = ["id", "name", "size", "mime", "sha256", "status", "created_at", "proce
           "error"]
 SEP = "\x1f"  # psql field separator (never inside the values these tests store)
 
-_TESTS = []
+_TESTS = harness.Tests()
 _SEQ = [0]
 _HELP = {}
 
 
-def register(test):
-    """Registers this module's tests with run.py's @test decorator."""
-    for name, fn, graceful in _TESTS:
-        test(name, graceful)(fn)
-
-
-def _test(name, graceful=False):
-    def deco(fn):
-        _TESTS.append((name, fn, graceful))
-        return fn
-    return deco
+register = _TESTS.register  # run.py hands its @test decorator to this
+_test = _TESTS.test
 
 
 # ==========================================================================

@@ -149,6 +149,24 @@ class CliResult:
                 "stdout: %s" % short(self.out, 600), "stderr: %s" % short(self.err, 600)]
 
 
+class Tests:
+    """A test module's tests, collected with @test(name) and handed to run.py's own @test
+    decorator by register(); nothing runs at import."""
+
+    def __init__(self):
+        self.items = []
+
+    def test(self, name, graceful=False):
+        def deco(fn):
+            self.items.append((name, fn, graceful))
+            return fn
+        return deco
+
+    def register(self, test):
+        for name, fn, graceful in self.items:
+            test(name, graceful)(fn)
+
+
 def run_cli(binary, args, env=None, keep_settings=False, timeout=10.0):
     """Runs the binary to completion (killed after timeout -> Fail)."""
     cmd = [binary] + list(args)

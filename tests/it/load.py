@@ -19,6 +19,7 @@ import subprocess
 import time
 
 import db_routes
+import harness
 import uploads
 from harness import Fail, expect, expect_eq, short
 
@@ -33,20 +34,11 @@ KEYS = ["scenario", "connections", "threads", "processes", "duration_s", "reques
 ERROR_KINDS = ["connect", "send", "recv", "timeout", "closed"]
 LATENCY_KEYS = ["p50", "p90", "p99", "p999", "max", "mean"]
 
-_TESTS = []
+_TESTS = harness.Tests()
 
 
-def register(test):
-    """Registers this module's tests with run.py's @test decorator."""
-    for name, fn, graceful in _TESTS:
-        test(name, graceful)(fn)
-
-
-def _test(name, graceful=False):
-    def deco(fn):
-        _TESTS.append((name, fn, graceful))
-        return fn
-    return deco
+register = _TESTS.register  # run.py hands its @test decorator to this
+_test = _TESTS.test
 
 
 # ==========================================================================

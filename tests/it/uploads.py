@@ -43,21 +43,12 @@ ROW_STATUSES = ("queued", "processing", "ready")
 # Rate limits out of the way: these tests measure the upload path, not the limiter.
 NO_LIMITS = ("--upload-rate-limit", 1000000000, "--global-rate-limit", 1000000000)
 
-_TESTS = []
+_TESTS = harness.Tests()
 _SEQ = [0]
 
 
-def register(test):
-    """Registers this module's tests with run.py's @test decorator."""
-    for name, fn, graceful in _TESTS:
-        test(name, graceful)(fn)
-
-
-def _test(name, graceful=False):
-    def deco(fn):
-        _TESTS.append((name, fn, graceful))
-        return fn
-    return deco
+register = _TESTS.register  # run.py hands its @test decorator to this
+_test = _TESTS.test
 
 
 def is_root():
