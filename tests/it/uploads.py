@@ -1512,6 +1512,53 @@ def post_anon(port):
     return r
 
 
+@_test("upload: with every splice pipe held by readers that stopped, a download is sent "
+       "through buffers instead, complete")
+def t_download_no_pipe(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--connection-timeout", 20000, workers=1)
+        big = env.put_ok("hold.bin", body_of(8 * MIB), check_get=False)
+        small = body_of(300000)
+        doc = env.put_ok("small.bin", small, check_get=False)
+        req = ("GET /v1/files/%s/content HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n"
+               % (big["id"], env.token)).encode()
+        stuck = []
+        try:
+            # 70 readers that read nothing: each holds one of the worker's 64 pipes, full.
+            for _ in range(70):
+                c = Conn(env.port)
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                c.send(req)
+                stuck.append(c)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                held = db_routes.scrape(env.port).value("ringup_splice_pipes_in_use") or 0
+                if held >= 64:
+                    break
+                time.sleep(0.2)
+            expect_eq("pipes held by the stalled readers", 64, held)
+            m0 = db_routes.scrape(env.port)
+            r = get_content(env.port, doc["id"], env.token)
+            expect_status(r, 200)
+            expect_eq("sha256 of the download sent through buffers",
+                      hashlib.sha256(small).hexdigest(), hashlib.sha256(r.body).hexdigest())
+            m1 = db_routes.scrape(env.port)
+            moved = (m1.value("ringup_download_bytes_total", path="buffered") or 0) - \
+                (m0.value("ringup_download_bytes_total", path="buffered") or 0)
+            expect_eq("download bytes sent through buffers", len(small), moved)
+        finally:
+            for c in stuck:
+                c.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (db_routes.scrape(env.port).value("ringup_splice_pipes_in_use") or 0) == 0:
+                break
+            time.sleep(0.2)
+        expect_eq("pipes in use once the readers left", 0,
+                  db_routes.scrape(env.port).value("ringup_splice_pipes_in_use"))
+        env.still_serving("after the stalled readers")
+
+
 @_test("upload: a download nobody reads is cut after CONNECTION_TIMEOUT")
 def t_download_stall(ctx):
     with db_routes.TestDb(ctx) as db:
