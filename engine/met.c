@@ -43,6 +43,15 @@ void met_upload_done(struct met_worker *m, enum met_up_route route, uint64_t dur
 
 static uint64_t sum(size_t off);
 
+#define SUM(field) sum(offsetof(struct met_worker, field))
+
+static void scalar(struct prom_buf *b, const char *name, const char *type, const char *help,
+                   uint64_t v)
+{
+    prom_family(b, name, type, help);
+    prom_sample(b, name, NULL, (double)v);
+}
+
 static const char *const up_routes[MET_UP__N] = {"put", "post", "tus"};
 static const char *const up_fails[MET_UF__N] = {"too_large", "storage_full", "storage_error",
                                                 "database", "client_gone"};
@@ -93,31 +102,21 @@ static void render_uploads(struct prom_buf *b)
                 (double)sum(offsetof(struct met_worker, dl_bytes_buffered)));
     prom_sample(b, "ringup_download_bytes_total", "path=\"spliced\"",
                 (double)sum(offsetof(struct met_worker, dl_bytes_spliced)));
-    prom_family(b, "ringup_upload_files_open", "gauge",
-                "Files held open by uploads in flight (direct descriptors included).");
-    prom_sample(b, "ringup_upload_files_open", NULL,
-                (double)sum(offsetof(struct met_worker, up_files_open)));
-    prom_family(b, "ringup_splice_pipes_in_use", "gauge", "Splice pipes lent to a transfer now.");
-    prom_sample(b, "ringup_splice_pipes_in_use", NULL,
-                (double)sum(offsetof(struct met_worker, pipes_in_use)));
-    prom_family(b, "ringup_splice_pipes_open", "gauge", "Splice pipes open (lent or pooled).");
-    prom_sample(b, "ringup_splice_pipes_open", NULL,
-                (double)sum(offsetof(struct met_worker, pipes_open)));
-    prom_family(b, "ringup_splice_pipe_waits_total", "counter",
-                "Splices that waited for a pipe (the per-worker pool was lent out).");
-    prom_sample(b, "ringup_splice_pipe_waits_total", NULL,
-                (double)sum(offsetof(struct met_worker, pipe_waits)));
-    prom_family(b, "ringup_direct_buffers_in_use", "gauge",
-                "O_DIRECT upload buffers lent to an upload now.");
-    prom_sample(b, "ringup_direct_buffers_in_use", NULL,
-                (double)sum(offsetof(struct met_worker, dbufs_in_use)));
-    prom_family(b, "ringup_direct_buffers", "gauge", "O_DIRECT upload buffers registered.");
-    prom_sample(b, "ringup_direct_buffers", NULL,
-                (double)sum(offsetof(struct met_worker, dbufs_total)));
-    prom_family(b, "ringup_direct_buffer_waits_total", "counter",
-                "O_DIRECT reads that waited for a free buffer.");
-    prom_sample(b, "ringup_direct_buffer_waits_total", NULL,
-                (double)sum(offsetof(struct met_worker, dbuf_waits)));
+    scalar(b, "ringup_upload_files_open", "gauge",
+           "Files held open by uploads in flight (direct descriptors included).",
+           SUM(up_files_open));
+    scalar(b, "ringup_splice_pipes_in_use", "gauge", "Splice pipes lent to a transfer now.",
+           SUM(pipes_in_use));
+    scalar(b, "ringup_splice_pipes_open", "gauge", "Splice pipes open (lent or pooled).",
+           SUM(pipes_open));
+    scalar(b, "ringup_splice_pipe_waits_total", "counter",
+           "Splices that waited for a pipe (the per-worker pool was lent out).", SUM(pipe_waits));
+    scalar(b, "ringup_direct_buffers_in_use", "gauge",
+           "O_DIRECT upload buffers lent to an upload now.", SUM(dbufs_in_use));
+    scalar(b, "ringup_direct_buffers", "gauge", "O_DIRECT upload buffers registered.",
+           SUM(dbufs_total));
+    scalar(b, "ringup_direct_buffer_waits_total", "counter",
+           "O_DIRECT reads that waited for a free buffer.", SUM(dbuf_waits));
     for (i = 0; i <= MET_DUR_BUCKETS; i++)
         counts[i] = sum(offsetof(struct met_worker, up_dur) + i * sizeof(uint64_t));
     prom_family(b, "ringup_upload_duration_seconds", "histogram",
@@ -216,15 +215,6 @@ static uint64_t sum(size_t off)
     for (i = 0; i < nworkers; i++)
         s += __atomic_load_n((const uint64_t *)((const char *)workers[i] + off), __ATOMIC_RELAXED);
     return s;
-}
-
-#define SUM(field) sum(offsetof(struct met_worker, field))
-
-static void scalar(struct prom_buf *b, const char *name, const char *type, const char *help,
-                   uint64_t v)
-{
-    prom_family(b, name, type, help);
-    prom_sample(b, name, NULL, (double)v);
 }
 
 void met_render(struct prom_buf *b)
