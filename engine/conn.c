@@ -706,6 +706,14 @@ void conn_detach_body(struct conn *c, conn_op_fn fn)
     c->detach_fn = fn;
 }
 
+void conn_poll(struct conn *c, unsigned events, conn_op_fn fn)
+{
+    struct io_uring_sqe *sqe = conn_op_sqe(c, fn);
+
+    io_uring_prep_poll_add(sqe, c->fd, events);
+    sqe->flags |= IOSQE_FIXED_FILE;
+}
+
 void conn_io_progress(struct conn *c, uint64_t n, bool in)
 {
     c->active_ms = c->ring->now_ms;

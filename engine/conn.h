@@ -236,6 +236,13 @@ struct conn *conn_find(struct ring *r, uint64_t ref);
  */
 void conn_detach_body(struct conn *c, conn_op_fn fn);
 
+/*
+ * Wait until the socket is ready for events (POLLIN, POLLOUT): fn(c, mask or
+ * -errno) runs then, as for conn_op_sqe(). For routes that move bytes on the
+ * socket themselves.
+ */
+void conn_poll(struct conn *c, unsigned events, conn_op_fn fn);
+
 /* The route moved n bytes on the socket (reads count as received bytes when in is true). */
 void conn_io_progress(struct conn *c, uint64_t n, bool in);
 

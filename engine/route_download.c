@@ -202,12 +202,9 @@ static void on_spliced_in(struct conn *c, int res)
 static void on_spliced_out(struct conn *c, int res)
 {
     struct download *d = c->rdata;
-    struct io_uring_sqe *sqe;
 
     if (res == -EAGAIN) {
-        sqe = conn_op_sqe(c, on_writable);
-        io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
-        sqe->flags |= IOSQE_FIXED_FILE;
+        conn_poll(c, POLLOUT, on_writable);
         return;
     }
     if (res <= 0) {

@@ -103,7 +103,6 @@ struct upload {
     char *tail;            /* direct: fill bytes kept while the buffer is given back */
     bool finishing;        /* direct: the last write (padded) then the truncate */
     bool yielding;         /* direct: give the buffer back after the write in flight */
-    bool detached;         /* splice, direct: the route reads the socket */
     uint32_t inserts;      /* row inserts not answered yet */
     int insert_err;        /* first failed insert */
     struct ufile files[];  /* maxfiles */
@@ -161,13 +160,19 @@ static void drop_files(struct upload *u)
     }
 }
 
+/* Free the upload's memory; its files and borrowed pipe or buffer are dealt with already. */
+static void upload_dispose(struct upload *u)
+{
+    free(u->tail);
+    free(u->mp);
+    free(u);
+}
+
 static void upload_free(struct upload *u)
 {
     release_xfer(u);
     drop_files(u);
-    free(u->tail);
-    free(u->mp);
-    free(u);
+    upload_dispose(u);
 }
 
 static void count_failure(struct upload *u, enum met_up_fail why)
@@ -487,7 +492,6 @@ static void splice_begin(struct conn *c, int res)
     struct upload *u = c->rdata;
 
     (void)res;
-    u->detached = true;
     u->left = http_content_length(&c->hp);
     splice_next(c, 0);
 }
@@ -533,15 +537,12 @@ static void submit_splice_out(struct conn *c, struct upload *u)
 static void on_spliced_in(struct conn *c, int res)
 {
     struct upload *u = c->rdata;
-    struct io_uring_sqe *sqe;
 
     if (res == -EAGAIN) {
         /* Nothing to read yet: give the pipe back and wait for the socket. */
         xfer_pipe_put(u->ring, u->pipe, true);
         u->piped = false;
-        sqe = conn_op_sqe(c, splice_next);
-        io_uring_prep_poll_add(sqe, c->fd, POLLIN);
-        sqe->flags |= IOSQE_FIXED_FILE;
+        conn_poll(c, POLLIN, splice_next);
         return;
     }
     if (res <= 0) {
@@ -682,17 +683,13 @@ static void direct_readable(struct conn *c, int res)
 /* A slow client: keep the unaligned rest aside, give the buffer back, wait for the socket. */
 static void direct_yield(struct conn *c, struct upload *u)
 {
-    struct io_uring_sqe *sqe;
-
     u->yielding = false;
     if (u->tail == NULL && posix_memalign((void **)&u->tail, XFER_ALIGN, XFER_ALIGN) != 0)
         log_oom();
     memcpy(u->tail, dbuf(u), u->fill); /* less than XFER_ALIGN */
     xfer_dbuf_put(u->ring, u->dbuf);
     u->dbuf = -1;
-    sqe = conn_op_sqe(c, direct_readable);
-    io_uring_prep_poll_add(sqe, c->fd, POLLIN);
-    sqe->flags |= IOSQE_FIXED_FILE;
+    conn_poll(c, POLLIN, direct_readable);
 }
 
 static void on_direct_write(struct conn *c, int res)
@@ -715,7 +712,7 @@ static void on_direct_write(struct conn *c, int res)
         submit_truncate(c, u);
         return;
     }
-    if (!u->detached) {
+    if (!c->route_io) {
         /* Bytes received with the head: go on with the span, then with the connection. */
         if (direct_copy(c, u))
             conn_resume(c);
@@ -739,8 +736,9 @@ static void on_truncated(struct conn *c, int res)
     }
     xfer_dbuf_put(u->ring, u->dbuf);
     u->dbuf = -1;
-    if (u->detached)
-        conn_body_read(c); /* route_body_end() follows from here */
+    /* Read from the socket by the route: the message ends here, route_body_end() follows. */
+    if (c->route_io)
+        conn_body_read(c);
     else
         end_file(c, u);
 }
@@ -796,7 +794,6 @@ static void direct_detached(struct conn *c, int res)
     struct upload *u = c->rdata;
 
     (void)res;
-    u->detached = true;
     u->left = http_content_length(&c->hp);
     direct_read(c, u);
 }
@@ -865,9 +862,7 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
                         "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
             conn_resume(c);
         }
-        free(u->tail);
-        free(u->mp);
-        free(u);
+        upload_dispose(u);
         return;
     }
     for (i = 0; i < u->nfiles; i++)
@@ -877,9 +872,7 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
         answer(c, u);
         conn_resume(c);
     }
-    free(u->tail);
-    free(u->mp);
-    free(u);
+    upload_dispose(u);
 }
 
 /*
@@ -917,9 +910,7 @@ static bool insert_rows(struct conn *c, struct upload *u)
     count_failure(u, MET_UF_DATABASE);
     route_error(c, conn_head(c), 503, "database_unavailable",
                 "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
-    free(u->tail);
-    free(u->mp);
-    free(u);
+    upload_dispose(u);
     return false;
 }
 

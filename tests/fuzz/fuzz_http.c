@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/fuzz/digest.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MODE_BYTES 0x01 /* feed byte by byte (payloads up to BYTES_MAX) */
@@ -51,21 +53,9 @@ struct run {
     uint16_t split;      /* the split bytes, for response parameters */
 };
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *c = p;
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        h ^= c[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 static void mix(struct run *r, const void *p, size_t n)
 {
-    r->digest = fnv(r->digest, p, n);
+    r->digest = digest_add(r->digest, p, n);
 }
 
 static void mix_u64(struct run *r, uint64_t v)
@@ -246,7 +236,7 @@ static void on_head(struct run *r)
 
     r->in_msg = 1;
     r->body_len = 0;
-    r->body_hash = 0xcbf29ce484222325ULL;
+    r->body_hash = DIGEST_INIT;
     r->events++;
     mix(r, "H", 1);
     mix(r, method, strlen(method));
@@ -317,7 +307,7 @@ static void feed(struct run *r, const uint8_t *data, size_t len)
             r->body_len += ev.body.len;
             if (!r->chunked)
                 CHECK(r->body_len <= r->cl);
-            r->body_hash = fnv(r->body_hash, ev.body.p, ev.body.len);
+            r->body_hash = digest_add(r->body_hash, ev.body.p, ev.body.len);
         } else {
             CHECK(ev.body.p == NULL);
         }
@@ -347,7 +337,7 @@ static void run_init(struct run *r, uint8_t mode, uint16_t split)
     memset(r, 0, sizeof(*r));
     r->h = malloc(sizeof(*r->h));
     CHECK(r->h != NULL);
-    r->digest = 0xcbf29ce484222325ULL;
+    r->digest = DIGEST_INIT;
     r->mode = mode;
     r->split = split;
     http_init(&r->p);

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/fuzz/digest.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MODE_BYTES 0x01 /* feed byte by byte (bodies up to BYTES_MAX) */
@@ -68,21 +70,9 @@ struct run {
     size_t data_start; /* offset in body of the part's first data byte */
 };
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *c = p;
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        h ^= c[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 static void mix(struct run *r, const void *p, size_t n)
 {
-    r->digest = fnv(r->digest, p, n);
+    r->digest = digest_add(r->digest, p, n);
 }
 
 static void mix_u64(struct run *r, uint64_t v)
@@ -179,7 +169,7 @@ static void on_begin(struct run *r, const struct mp_part *pt, size_t at)
         r->next = EXP_NOTHING;
     }
     r->in_part = 1;
-    r->data_hash = 0xcbf29ce484222325ULL;
+    r->data_hash = DIGEST_INIT;
     r->data_len = 0;
     r->events++;
     mix(r, "B", 1);
@@ -265,7 +255,7 @@ static void feed(struct run *r, const uint8_t *data, size_t len, size_t base)
                     CHECK((size_t)(ev.data.p - buf) == r->data_start + r->data_len);
             }
             r->data_len += ev.data.len;
-            r->data_hash = fnv(r->data_hash, ev.data.p, ev.data.len);
+            r->data_hash = digest_add(r->data_hash, ev.data.p, ev.data.len);
             CHECK(r->p->part_bytes == r->data_len);
         } else {
             CHECK(ev.data.p == NULL && ev.data.len == 0);
@@ -306,7 +296,7 @@ static void run_init(struct run *r, const char *boundary)
     CHECK(r->p != NULL);
     memset(r->p, 0x5a, sizeof(*r->p));
     r->boundary = boundary;
-    r->digest = 0xcbf29ce484222325ULL;
+    r->digest = DIGEST_INIT;
     mp_init(r->p, boundary, strlen(boundary));
     CHECK(mp_finish(r->p) == -EBADMSG);
 }

@@ -171,6 +171,31 @@ def put(port, segment, body, token, chunk_sizes=None, headers=(), timeout=30.0,
     return resp
 
 
+def puts_at_once(env, names, bodies):
+    """One PUT per name, each on its own connection and thread, all released together.
+    Returns each one's response or the exception it ended with; fails if any is still
+    waiting 40 s later."""
+    results = [None] * len(names)
+    start = threading.Event()
+
+    def one(i):
+        start.wait(10)
+        try:
+            results[i] = put(env.port, names[i], bodies[i], env.token, timeout=20.0)
+        except (Fail, OSError) as e:
+            results[i] = e
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(names))]
+    for t in threads:
+        t.start()
+    start.set()
+    deadline = time.monotonic() + 40.0
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    hung = sum(1 for t in threads if t.is_alive())
+    expect(not hung, "PUTs still waiting 40 s after they started", "none", hung)
+    return results
+
+
 def error_of(resp, status, code, what):
     try:
         expect_error(resp, status, code)
@@ -679,25 +704,7 @@ def t_concurrent(ctx):
     with db_routes.TestDb(ctx) as db:
         env = Env(ctx, db)
         bodies = [body_of(64 * KIB) for _ in range(n)]
-        results = [None] * n
-        start = threading.Event()
-
-        def one(i):
-            start.wait(10)
-            try:
-                results[i] = put(env.port, "c%02d.bin" % i, bodies[i], env.token,
-                                 timeout=20.0)
-            except (Fail, OSError) as e:
-                results[i] = e
-        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
-        for t in threads:
-            t.start()
-        start.set()
-        deadline = time.monotonic() + 40.0
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        hung = sum(1 for t in threads if t.is_alive())
-        expect(not hung, "PUTs still waiting 40 s after they started", "none", hung)
+        results = puts_at_once(env, ["c%02d.bin" % i for i in range(n)], bodies)
         errs = [(i, r) for i, r in enumerate(results) if not hasattr(r, "status")]
         not201 = [(i, r) for i, r in enumerate(results) if hasattr(r, "status")
                   and r.status != 201]
@@ -914,25 +921,7 @@ def t_disk_full_race(ctx):
             env = Env(ctx, db, "--max-file-size", 20 * MIB, storage=mnt)
             free0 = _free(mnt)
             bodies = [body_of(size) for _ in range(n)]
-            results = [None] * n
-            start = threading.Event()
-
-            def one(i):
-                start.wait(10)
-                try:
-                    results[i] = put(env.port, "race-%d.bin" % i, bodies[i], env.token,
-                                     timeout=20.0)
-                except (Fail, OSError) as e:
-                    results[i] = e
-            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
-            for t in threads:
-                t.start()
-            start.set()
-            deadline = time.monotonic() + 40.0
-            for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
-            expect(not any(t.is_alive() for t in threads), "uploads still running after 40 s",
-                   "none", sum(1 for t in threads if t.is_alive()))
+            results = puts_at_once(env, ["race-%d.bin" % i for i in range(n)], bodies)
             errs = ["PUT #%d: %s" % (i, r.summary if isinstance(r, Fail) else repr(r))
                     for i, r in enumerate(results) if not hasattr(r, "status")]
             expect(not errs, "%d concurrent PUTs of %d bytes on a %d-byte tmpfs: errors"
