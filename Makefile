@@ -74,7 +74,8 @@ $(BUILD)/replay/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_OBJ) $(LLHTTP_OBJ)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c \
 	    $(LIB_OBJ) $(LLHTTP_OBJ) $(LIBS)
 
-units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN) $(BUILD)/bench/dbload $(BUILD)/bench/ringup-load
+units: $(BIN) $(UNIT_BIN) $(REPLAY_BIN) $(BUILD)/bench/dbload $(BUILD)/bench/ringup-load \
+       $(BUILD)/bench/fsops
 
 # Serve against the devstack: migrate its database, keep a token for user "dev" in
 # var/dev-token (created once, mode 0600; delete the file for a new one), then serve.
@@ -101,7 +102,7 @@ run:
 # against the release binary with a private PostgreSQL and Redis.
 test:
 	tools/bootstrap
-	$(MAKE) ringup build/bench/dbload build/bench/ringup-load
+	$(MAKE) ringup build/bench/dbload build/bench/ringup-load build/bench/fsops
 	$(MAKE) BUILD=build/asan SANITIZER=address,undefined units
 	tools/run-tests --units build/asan --bin ./ringup
 
@@ -160,7 +161,7 @@ bench-put: ringup
 
 # The matrix against nginx with the project's load generator (under 15 minutes), and the
 # scale run (10,000 slow uploads, then idle connections past the descriptor limit).
-bench: ringup $(BUILD)/bench/ringup-load
+bench: ringup $(BUILD)/bench/ringup-load $(BUILD)/bench/fsops
 	tools/bootstrap --bench
 	bench/bench.sh
 

@@ -8,10 +8,11 @@
 #   own row.
 #
 # Also in the same run: the machine's ceilings (fio sequential writes on the storage
-# filesystem, iperf3 over loopback) with ringup's MB/s as fractions of them, and a cross-check
-# of ringup-load against wrk on one scenario (they must agree within 10 %). Prints one
-# markdown table; writes bench/results/<UTC time>.json, .md and .png (throughput and p99
-# against concurrency, gnuplot).
+# filesystem, iperf3 over loopback, bench/fsops storing 16 KiB files with nothing else
+# running) with ringup's rates as fractions of them, and a cross-check of ringup-load against
+# wrk on one scenario (they must agree within 10 %). Prints one markdown table; writes
+# bench/results/<UTC time>.json, .md and .png (throughput and p99 against concurrency,
+# gnuplot).
 #
 #   bench/bench.sh                    # BENCH_SECS (default 8) seconds per row
 #
@@ -23,14 +24,17 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 me=bench.sh
 secs=${BENCH_SECS:-8}
 load=$root/build/bench/ringup-load
+fsops=$root/build/bench/fsops
 # shellcheck source=bench/lib.sh
 source "$root/bench/lib.sh"
 
 need wrk nginx fio gnuplot iperf3 ss
-[ -x "$load" ] || {
-    log "$load is missing; run make build/bench/ringup-load"
-    exit 1
-}
+for b in "$load" "$fsops"; do
+    [ -x "$b" ] || {
+        log "$b is missing; run make build/bench/ringup-load build/bench/fsops"
+        exit 1
+    }
+done
 bench_setup
 results=$root/bench/results
 mkdir -p "$results"
@@ -181,14 +185,29 @@ timeout 30 iperf3 -c 127.0.0.1 -p "$iport" -t 5 -J >"$tmp/iperf.json" 2>&1 || tr
 stop "$ipid"
 loop_mbs=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("%.0f" % (j["end"]["sum_received"]["bits_per_second"] / 8e6))' \
     "$tmp/iperf.json" 2>/dev/null || echo 0)
+# The filesystem's own rate for 16 KiB files, one thread per worker, no network, no database:
+# ringup's steps (O_TMPFILE in a shard, write, linkat) and nginx's (open, write, close, rename
+# into one directory). "files_per_s cpu_us_per_file" of each, or "0 0".
+fsops_rate() {
+    settle
+    log "fsops --mode $1, 5 s"
+    timeout 60 "$fsops" --threads "$workers" --secs 5 --size $k16 --mode "$1" "$data/ringup" \
+        2>>"$tmp/fsops.err" | awk '{ print $12, $14 }' | grep . || echo "0 0"
+}
+fs_tmpfile=$(fsops_rate tmpfile)
+fs_rename=$(fsops_rate rename)
 
 # --- report --------------------------------------------------------------------------------
 rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 ngv=$(nginx -v 2>&1 | sed 's/.*version: //')
 python3 - "$rows" "$results/$stamp" "$secs" "$workers" "$rev" "$ngv" "$fio_direct" \
-    "$fio_buffered" "$loop_mbs" "$x_wrk" "$x_load" "${loopdev:-repository filesystem}" <<'PY'
+    "$fio_buffered" "$loop_mbs" "$x_wrk" "$x_load" "${loopdev:-repository filesystem}" \
+    "$fs_tmpfile" "$fs_rename" <<'PY'
 import json, sys
-rowsf, base, secs, workers, rev, ngv, fio_d, fio_b, loop, x_wrk, x_load, fsname = sys.argv[1:]
+(rowsf, base, secs, workers, rev, ngv, fio_d, fio_b, loop, x_wrk, x_load, fsname, fs_tmp,
+ fs_ren) = sys.argv[1:]
+fs_tmp = [float(x) for x in (fs_tmp.split() + ["0", "0"])[:2]]
+fs_ren = [float(x) for x in (fs_ren.split() + ["0", "0"])[:2]]
 rows = [json.loads(l) for l in open(rowsf) if l.strip()]
 fio_d, fio_b, loop = float(fio_d or 0), float(fio_b or 0), float(loop or 0)
 x_wrk, x_load = float(x_wrk or 0), float(x_load or 0)
@@ -239,6 +258,18 @@ for r in big:
     lines.append("- %s, 10 MiB at 50 conns: %.0f MB/s = %s of fio O_DIRECT, %s of fio buffered, "
                  "%s of loopback TCP" % (r["server"], r["mb_per_s"], f(r["mb_per_s"], fio_d),
                                          f(r["mb_per_s"], fio_b), f(r["mb_per_s"], loop)))
+lines.append("")
+lines.append("Small-file ceiling measured in this run (build/bench/fsops: %s threads storing 16 KiB "
+             "files with blocking calls, no network, no database, 5 s): ringup's steps (O_TMPFILE in "
+             "a shard, write, linkat) %.0f files/s at %.1f µs of CPU each; nginx's steps (open, "
+             "write, close, rename into one directory) %.0f files/s at %.1f µs each." % (
+                 workers, fs_tmp[0], fs_tmp[1], fs_ren[0], fs_ren[1]))
+for r in rows:
+    if r["kind"] == "put" and r["size"] == 16384 and r["connections"] == 1000:
+        ceil = fs_ren[0] if r["key"] == "nginx-" else fs_tmp[0]
+        lines.append("- %s, 16 KiB at 1,000 conns: %.0f uploads/s = %s of its steps' ceiling" % (
+            r["server"], r["requests_per_s"],
+            "%.2f" % (r["requests_per_s"] / ceil) if ceil else "?"))
 agree = abs(x_load - x_wrk) / x_wrk if x_wrk else 1.0
 lines.append("")
 lines.append("Cross-check, 16 KiB PUT at 100 conns on one ringup (FSYNC=false), each tool "
@@ -251,7 +282,11 @@ sys.stdout.write(text)
 open(base + ".md", "w").write(text)
 json.dump({"revision": rev, "nginx": ngv, "seconds_per_row": int(secs), "workers": int(workers),
            "rows": rows, "ceilings": {"fio_direct_mb_s": fio_d, "fio_buffered_mb_s": fio_b,
-                                      "loopback_mb_s": loop},
+                                      "loopback_mb_s": loop,
+                                      "fsops_tmpfile_files_s": fs_tmp[0],
+                                      "fsops_tmpfile_cpu_us": fs_tmp[1],
+                                      "fsops_rename_files_s": fs_ren[0],
+                                      "fsops_rename_cpu_us": fs_ren[1]},
            "cross_check": {"wrk_requests_per_s": x_wrk, "ringup_load_requests_per_s": x_load,
                            "relative_difference": agree}},
           open(base + ".json", "w"), indent=1)

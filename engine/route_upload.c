@@ -297,9 +297,17 @@ static void submit_link(struct conn *c, struct upload *u)
         return;
     }
     sqe = conn_op_sqe(c, on_link);
-    /* linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the /proc path does not. */
-    io_uring_prep_linkat(sqe, AT_FDCWD, u->cur->proc, store_dirfd(), u->cur->key,
-                         AT_SYMLINK_FOLLOW);
+    if (store_flink() && u->step != STEP_RELINK)
+        /*
+         * By the descriptor: no walk through /proc. The relink after an ENOENT goes
+         * through /proc, in case this kernel refused the descriptor for this file.
+         */
+        io_uring_prep_linkat(sqe, u->cur->fixed ? u->cur->tmpfd : u->cur->fd, "", store_dirfd(),
+                             u->cur->key, AT_EMPTY_PATH);
+    else
+        /* linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the /proc path does not. */
+        io_uring_prep_linkat(sqe, AT_FDCWD, u->cur->proc, store_dirfd(), u->cur->key,
+                             AT_SYMLINK_FOLLOW);
 }
 
 /* The current file is complete: make it durable, then give it its name. */

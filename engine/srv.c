@@ -111,6 +111,8 @@ int srv_serve(const struct cfg *cfg)
                   strerror(-ret));
         return 1;
     }
+    log_info("storage ready", "dir=%s link=%s", cfg->storage_dir,
+             store_flink() ? "descriptor" : "proc-path");
     rings = calloc(cfg->workers, sizeof(*rings));
     if (rings == NULL)
         log_oom();

@@ -8,9 +8,11 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
-static int dirfd_ = -1; /* set once by store_init, before workers start */
+static int dirfd_ = -1;     /* set once by store_init, before workers start */
+static bool flink_ = false; /* linkat(AT_EMPTY_PATH) allowed; set by store_init */
 
 /* mkdir -p: each missing component of path, in order. */
 static int mkdirs(const char *path)
@@ -33,6 +35,24 @@ static int mkdirs(const char *path)
     return 0;
 }
 
+/* Link a nameless file in dir by its descriptor, then remove the name again. */
+static bool probe_flink(int dir)
+{
+    char name[64];
+    bool ok;
+    int fd;
+
+    fd = openat(dir, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return false;
+    snprintf(name, sizeof(name), ".flink-probe-%ld", (long)getpid());
+    ok = linkat(fd, "", dir, name, AT_EMPTY_PATH) == 0;
+    if (ok)
+        unlinkat(dir, name, 0);
+    close(fd);
+    return ok;
+}
+
 int store_init(const struct cfg *c)
 {
     int fd;
@@ -50,6 +70,7 @@ int store_init(const struct cfg *c)
         return ret;
     }
     dirfd_ = fd;
+    flink_ = probe_flink(fd);
     return 0;
 }
 
@@ -84,17 +105,28 @@ int store_dirfd(void)
     return dirfd_;
 }
 
+bool store_flink(void)
+{
+    return flink_;
+}
+
 void store_new_id(char out[STORE_ID_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char b[16];
+    struct timespec ts;
+    uint64_t ms;
     unsigned o = 0;
     unsigned i;
 
     /* getrandom on a 16-byte request never blocks once the pool is ready (boot). */
     while (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b))
         ;
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    for (i = 0; i < 6; i++)
+        b[i] = (unsigned char)(ms >> (40 - 8 * i));
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x70);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
     for (i = 0; i < 16; i++) {
         if (i == 4 || i == 6 || i == 8 || i == 10)
@@ -107,13 +139,13 @@ void store_new_id(char out[STORE_ID_LEN + 1])
 
 void store_key(const char *id, char out[STORE_KEY_MAX])
 {
-    snprintf(out, STORE_KEY_MAX, "objects/%.2s/%.2s/%.36s", id, id + 2, id);
+    snprintf(out, STORE_KEY_MAX, "objects/%.2s/%c%c/%.36s", id + 34, id[7], id[9], id);
 }
 
 void store_shard_dirs(const char *id, char top[16], char sub[16])
 {
-    snprintf(top, 16, "objects/%.2s", id);
-    snprintf(sub, 16, "objects/%.2s/%.2s", id, id + 2);
+    snprintf(top, 16, "objects/%.2s", id + 34);
+    snprintf(sub, 16, "objects/%.2s/%c%c", id + 34, id[7], id[9]);
 }
 
 bool store_fits(uint64_t need)

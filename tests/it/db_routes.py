@@ -403,10 +403,10 @@ def ids(doc):
     return [f["id"] for f in doc["files"]]
 
 
-def db_server(ctx, db, *args, workers=2, env=None, unset=("ALLOW_ANONYMOUS",)):
+def db_server(ctx, db, *args, workers=2, env=None, unset=("ALLOW_ANONYMOUS",), prefix=()):
     e = {"DATABASE_URL": db.url}
     e.update(env or {})
-    return ctx.server(*args, env=e, unset=unset, workers=workers)
+    return ctx.server(*args, env=e, unset=unset, workers=workers, prefix=prefix)
 
 
 def scrape(port):

@@ -186,12 +186,12 @@ class Server:
     """One `ringup serve` process on a free loopback port."""
 
     def __init__(self, binary, args=(), env=None, unset=(), workers=2, listen=True,
-                 keep_settings=True):
+                 keep_settings=True, prefix=()):
         self.port = free_port()
         self.dir = tmpdir()
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self.stdout_path = os.path.join(self.dir, "stdout.log")
-        cmd = [binary, "serve"]
+        cmd = list(prefix) + [binary, "serve"]
         if listen:
             cmd += ["--listen", "%s:%d" % (HOST, self.port)]
         if workers is not None:

@@ -46,9 +46,9 @@ class Ctx:
     def __init__(self, binary):
         self.bin = binary
 
-    def server(self, *args, env=None, unset=(), workers=2, listen=True):
+    def server(self, *args, env=None, unset=(), workers=2, listen=True, prefix=()):
         return Server(self.bin, args=args, env=env, unset=unset, workers=workers,
-                      listen=listen).wait_ready(10.0)
+                      listen=listen, prefix=prefix).wait_ready(10.0)
 
     def cli(self, *args, env=None, keep_settings=False, timeout=10.0):
         return run_cli(self.bin, args, env=env, keep_settings=keep_settings, timeout=timeout)
