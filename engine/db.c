@@ -127,6 +127,7 @@ static void complete(struct db_pool *p, struct db_query *q, int err)
     uint64_t us = (now_ns() - q->start_ns) / 1000;
 
     if (q->rows != NULL) {
+        p->batches_out--;
         finish_batch(p, q, err);
         query_put(p, q);
         return;
@@ -975,6 +976,7 @@ static void flush_batch(struct db_pool *p)
         bq->retries = 1;
         bq->start_ns = rows->start_ns;
         bq->deadline_ms = rows->deadline_ms;
+        p->batches_out++;
         enqueue(p, bq);
     }
     p->batch_last = NULL;
@@ -1003,7 +1005,13 @@ void db_tick(struct db_pool *p)
 {
     unsigned i;
 
-    if (p->batch_first != NULL)
+    /*
+     * Group the rows: while DB_BATCHES_OUT batches are on their way, the rows of later
+     * turns wait for one of them to be answered and go together, in one statement
+     * (about 10 rows a statement before, at 17k uploads/s).
+     */
+    if (p->batch_first != NULL &&
+        (p->batches_out < DB_BATCHES_OUT || p->batched >= DB_BATCH_MAX || p->stopping))
         flush_batch(p);
     if (p->wait_first != NULL)
         dispatch_waiting(p);

@@ -34,6 +34,7 @@ struct pg_result;
 #define DB_PARAM_BYTES 640 /* parameter bytes per query, copied in */
 #define DB_BATCH_MAX 1000  /* rows in one batched INSERT */
 #define DB_PIPE_MAX 16     /* queries in flight on one connection */
+#define DB_BATCHES_OUT 2   /* batched inserts in flight per pool; rows gather meanwhile */
 #define DB_WAIT_MAX 1024   /* queries waiting for a connection, per pool */
 #define DB_QUERY_GRACE_MS 2000
 #define DB_BACKOFF_MIN_MS 100
@@ -147,6 +148,7 @@ struct db_pool {
     struct db_query *batch_first; /* rows to insert, gathered during this loop turn */
     struct db_query *batch_last;
     uint32_t batched;     /* rows in the batch */
+    uint32_t batches_out; /* batched inserts sent and not answered */
     bool batch_off;       /* insert row by row (for measurements) */
     uint64_t backoff_ms;  /* next reconnect delay after a failure */
     uint64_t retry_at_ms; /* no new connection before this */
