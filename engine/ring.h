@@ -52,7 +52,7 @@ static inline uint64_t ring_ud(enum ring_op_kind kind, uint16_t gen, uint32_t id
 #define RING_ENTRIES 4096           /* submission queue entries */
 #define RING_CQ_ENTRIES 32768       /* completion queue entries */
 #define RING_BUFS 512               /* provided receive buffers per worker */
-#define RING_BUF_SIZE 16384         /* bytes per receive buffer */
+#define RING_BUF_SIZE 32768         /* bytes per receive buffer */
 #define RING_OP_FIXED_FD_INSTALL 54 /* opcodes newer than liburing 2.3's header */
 #define RING_OP_FTRUNCATE 55
 
