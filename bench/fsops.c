@@ -4,17 +4,19 @@
  * SECS seconds, with plain blocking system calls. It bounds what any server can reach
  * for small uploads on this filesystem and this machine.
  *
- *   fsops [--threads N] [--secs S] [--size B] [--mode tmpfile|rename] DIR
+ *   fsops [--threads N] [--secs S] [--warmup S] [--size B] [--mode tmpfile|rename] DIR
  *
- * tmpfile  ringup's steps: open(O_TMPFILE) in a shard directory DIR/objects/ab/cd
- *          (made by `ringup init-storage`), write, linkat("/proc/self/fd/N") into that
- *          directory, close.
+ * tmpfile  ringup's steps: open(O_TMPFILE) in the shard directory of a fresh id (ringup's
+ *          own ids and shards, engine/store.c; the tree made by `ringup init-storage`),
+ *          write, linkat by descriptor where the kernel allows it (else through
+ *          /proc/self/fd/N) to objects/ab/cd/<id>, close.
  * rename   nginx's dav PUT steps: open(O_CREAT|O_EXCL) in DIR/fsops/tmp, write, close,
  *          rename into the one directory DIR/fsops/files.
  *
- * Prints one line: mode threads size secs files files_per_s cpu_us_per_file, where
- * the CPU is this process's user + system time (the filesystem's journal threads and
- * writeback are not counted).
+ * The first WARMUP seconds (default 1) are not counted: directory blocks read back after
+ * a dropped page cache would otherwise weigh on the first second. Prints one line: mode
+ * threads size secs files files_per_s cpu_us_per_file, where the CPU is this process's
+ * user + system time (the filesystem's journal threads and writeback are not counted).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,23 +32,27 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/store.h"
+
 enum mode { MODE_TMPFILE, MODE_RENAME };
 
 static struct {
     unsigned threads;
     double secs;
+    double warmup;
     size_t size;
     enum mode mode;
     const char *dir;
-} O = {.threads = 0, .secs = 5, .size = 16384, .mode = MODE_TMPFILE};
+} O = {.threads = 0, .secs = 5, .warmup = 1, .size = 16384, .mode = MODE_TMPFILE};
 
 static atomic_bool stop_;
 static atomic_int failed_;
+static atomic_int flink_ = 1; /* linkat(AT_EMPTY_PATH) allowed, until it says otherwise */
 
 struct worker {
     pthread_t th;
     unsigned idx;
-    unsigned long files;
+    atomic_ulong files;
     char *body;
 };
 
@@ -83,18 +89,24 @@ static int write_all(int fd, const char *p, size_t n, const char *path)
 }
 
 /* One file the way ringup stores it: nameless in its shard, linked when complete. */
-static int store_tmpfile(struct worker *w, unsigned long seq)
+static int store_tmpfile(struct worker *w)
 {
-    unsigned char r[2];
+    char id[STORE_ID_LEN + 1];
+    char key[STORE_KEY_MAX];
+    char top[16];
+    char sub[16];
     char shard[512];
     char proc[64];
     char name[600];
     int fd;
     int rc = 0;
 
-    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
-        return fail("getrandom", "");
-    snprintf(shard, sizeof(shard), "%s/objects/%02x/%02x", O.dir, r[0], r[1]);
+    (void)w;
+    store_new_id(id);
+    store_key(id, key);
+    store_shard_dirs(id, top, sub);
+    snprintf(shard, sizeof(shard), "%s/%s", O.dir, sub);
+    snprintf(name, sizeof(name), "%s/%s", O.dir, key);
     fd = open(shard, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0640);
     if (fd < 0)
         return fail("open O_TMPFILE", shard);
@@ -102,8 +114,13 @@ static int store_tmpfile(struct worker *w, unsigned long seq)
         close(fd);
         return -1;
     }
+    if (atomic_load_explicit(&flink_, memory_order_relaxed) &&
+        linkat(fd, "", AT_FDCWD, name, AT_EMPTY_PATH) == 0) {
+        close(fd);
+        return 0;
+    }
+    atomic_store(&flink_, 0);
     snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-    snprintf(name, sizeof(name), "%s/fsops-%d-%u-%lu", shard, (int)getpid(), w->idx, seq);
     if (linkat(AT_FDCWD, proc, AT_FDCWD, name, AT_SYMLINK_FOLLOW) < 0)
         rc = fail("linkat", name);
     close(fd);
@@ -138,11 +155,12 @@ static void *run(void *arg)
     struct worker *w = arg;
 
     while (!atomic_load_explicit(&stop_, memory_order_relaxed)) {
-        int rc = O.mode == MODE_TMPFILE ? store_tmpfile(w, w->files) : store_rename(w, w->files);
+        unsigned long seq = atomic_load_explicit(&w->files, memory_order_relaxed);
+        int rc = O.mode == MODE_TMPFILE ? store_tmpfile(w) : store_rename(w, seq);
 
         if (rc < 0)
             break;
-        w->files++;
+        atomic_store_explicit(&w->files, seq + 1, memory_order_relaxed);
     }
     return NULL;
 }
@@ -184,6 +202,8 @@ static int parse(int argc, char **argv)
             O.threads = (unsigned)strtoul(v, NULL, 10);
         else if (strcmp(a, "--secs") == 0)
             O.secs = strtod(v, NULL);
+        else if (strcmp(a, "--warmup") == 0)
+            O.warmup = strtod(v, NULL);
         else if (strcmp(a, "--size") == 0)
             O.size = (size_t)strtoull(v, NULL, 10);
         else if (strcmp(a, "--mode") == 0 && strcmp(v, "tmpfile") == 0)
@@ -193,7 +213,8 @@ static int parse(int argc, char **argv)
         else
             return -1;
     }
-    if (O.dir == NULL || O.secs <= 0 || O.secs > 600 || O.size == 0 || O.size > (64u << 20))
+    if (O.dir == NULL || O.secs <= 0 || O.secs > 600 || O.warmup < 0 || O.warmup > 60 ||
+        O.size == 0 || O.size > (64u << 20))
         return -1;
     return 0;
 }
@@ -220,11 +241,30 @@ static int prepare(void)
     return 0;
 }
 
+static void nap_s(double secs)
+{
+    struct timespec nap;
+
+    nap.tv_sec = (time_t)secs;
+    nap.tv_nsec = (long)((secs - (double)nap.tv_sec) * 1e9);
+    while (nanosleep(&nap, &nap) < 0 && errno == EINTR)
+        ;
+}
+
+static unsigned long files_so_far(struct worker *ws)
+{
+    unsigned long n = 0;
+    unsigned i;
+
+    for (i = 0; i < O.threads; i++)
+        n += atomic_load_explicit(&ws[i].files, memory_order_relaxed);
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     struct worker *ws;
-    struct timespec nap;
-    unsigned long files = 0;
+    unsigned long f0, files;
     double t0, c0, t1, c1;
     unsigned i;
 
@@ -237,8 +277,6 @@ int main(int argc, char **argv)
     ws = calloc(O.threads, sizeof(*ws));
     if (ws == NULL)
         return 1;
-    t0 = now_s();
-    c0 = cpu_s();
     for (i = 0; i < O.threads; i++) {
         ws[i].idx = i;
         ws[i].body = malloc(O.size);
@@ -248,18 +286,19 @@ int main(int argc, char **argv)
         if (pthread_create(&ws[i].th, NULL, run, &ws[i]) != 0)
             return 1;
     }
-    nap.tv_sec = (time_t)O.secs;
-    nap.tv_nsec = (long)((O.secs - (double)nap.tv_sec) * 1e9);
-    while (nanosleep(&nap, &nap) < 0 && errno == EINTR)
-        ;
+    nap_s(O.warmup);
+    f0 = files_so_far(ws);
+    t0 = now_s();
+    c0 = cpu_s();
+    nap_s(O.secs);
+    files = files_so_far(ws) - f0;
+    t1 = now_s();
+    c1 = cpu_s();
     atomic_store(&stop_, true);
     for (i = 0; i < O.threads; i++) {
         pthread_join(ws[i].th, NULL);
-        files += ws[i].files;
         free(ws[i].body);
     }
-    t1 = now_s();
-    c1 = cpu_s();
     free(ws);
     printf(
         "mode %s threads %u size %zu secs %.2f files %lu files_per_s %.0f cpu_us_per_file %.1f\n",
