@@ -58,7 +58,7 @@ sample_rss() {
 cell() {
     local scen=$1 srv=$2 fs=$3 kind=$4 conns=$5 size=$6 name=$7
     local label out=$tmp/$name.json verify=0.01 sampler t0 t1 procs rc=0
-    settle
+    fresh_cache
     if [ "$srv" = ringup ]; then
         start_ringup "$name" "$fs"
         label="ringup (FSYNC=$fs)"
@@ -149,7 +149,7 @@ cell "10,000 idle conns" ringup false idle 10000 0 g-ringup
 # --- cross-check: wrk and ringup-load against one server, one scenario -----------------------
 # In the order wrk, ringup-load, ringup-load, wrk, so a drift of the machine over the four
 # runs (a growing store, writeback) weighs on both tools alike; each tool's mean is compared.
-settle
+fresh_cache
 start_ringup x-ringup false
 log "cross-check: 16 KiB PUT, 100 conns, wrk and ringup-load twice each (ABBA), ${secs}s each"
 x_wrk=0
@@ -189,7 +189,7 @@ loop_mbs=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("%
 # ringup's steps (O_TMPFILE in a shard, write, linkat) and nginx's (open, write, close, rename
 # into one directory). "files_per_s cpu_us_per_file" of each, or "0 0".
 fsops_rate() {
-    settle
+    fresh_cache
     log "fsops --mode $1, 5 s"
     timeout 60 "$fsops" --threads "$workers" --secs 5 --size $k16 --mode "$1" "$data/ringup" \
         2>>"$tmp/fsops.err" | awk '{ print $12, $14 }' | grep . || echo "0 0"

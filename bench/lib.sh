@@ -76,11 +76,15 @@ stop() {
     pids=("${keep[@]}")
 }
 
-# Flush what earlier runs left dirty and, as root, drop the clean page cache, so no run pays
-# for another's writeback or for reclaiming its pages (without it, four 6 s runs of 16 KiB
-# PUTs in a row fell from 20.9k to 13.1k uploads/s, and an A/B of two builds was noise).
-settle() {
-    timeout 180 sync || true
+# Flush what earlier runs left dirty, so no run pays for another's writeback.
+settle() { timeout 180 sync || true; }
+
+# Before a run: settle, and as root drop the clean page cache too, so no run pays for
+# reclaiming the pages of the ones before (without it, four 6 s runs of 16 KiB PUTs in a
+# row fell from 20.9k to 13.1k uploads/s, and an A/B of two builds was noise). The run's
+# own warm-up then reads back the filesystem's metadata (bitmaps, directories) it needs.
+fresh_cache() {
+    settle
     if [ "$(id -u)" = 0 ]; then echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true; fi
 }
 

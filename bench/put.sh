@@ -84,7 +84,7 @@ ringup_extra=()
 measure() {
     local scen=$1 srv=$2 fs=$3 conns=$4 size=$5 name=$6 path=${7:-} tok=- label out
     out=$tmp/$name.wrk
-    settle
+    fresh_cache
     case $path in
     buffered) ringup_extra=(--splice-uploads false --direct-io-threshold 0) ;;
     splice) ringup_extra=(--splice-uploads true --direct-io-threshold 0) ;;
