@@ -149,13 +149,14 @@ cell "10,000 idle conns" ringup false idle 10000 0 g-ringup
 # --- cross-check: wrk and ringup-load against one server, one scenario -----------------------
 # In the order wrk, ringup-load, ringup-load, wrk, so a drift of the machine over the four
 # runs (a growing store, writeback) weighs on both tools alike; each tool's mean is compared.
-fresh_cache
+# Each run starts from a dropped page cache: the page cache filling up over the four would
+# otherwise slow the last one most.
 start_ringup x-ringup false
 log "cross-check: 16 KiB PUT, 100 conns, wrk and ringup-load twice each (ABBA), ${secs}s each"
 x_wrk=0
 x_load=0
 for t in wrk load load wrk; do
-    settle
+    fresh_cache
     if [ "$t" = wrk ]; then
         timeout $((secs + 60)) wrk -t2 -c100 -d"${secs}s" --timeout 30s -s "$root/bench/put.lua" \
             "http://127.0.0.1:$port/" -- $k16 "$token" "x$RANDOM" >"$tmp/x-wrk.out" 2>&1 || true
