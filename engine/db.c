@@ -1007,8 +1007,8 @@ void db_tick(struct db_pool *p)
 
     /*
      * Group the rows: while DB_BATCHES_OUT batches are on their way, the rows of later
-     * turns wait for one of them to be answered and go together, in one statement
-     * (about 10 rows a statement before, at 17k uploads/s).
+     * turns wait for an answer and then go together, in one statement (group commit:
+     * about 10 rows a statement without it, at 17k uploads/s; an idle pool sends at once).
      */
     if (p->batch_first != NULL &&
         (p->batches_out < DB_BATCHES_OUT || p->batched >= DB_BATCH_MAX || p->stopping))

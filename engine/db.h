@@ -34,7 +34,7 @@ struct pg_result;
 #define DB_PARAM_BYTES 640 /* parameter bytes per query, copied in */
 #define DB_BATCH_MAX 1000  /* rows in one batched INSERT */
 #define DB_PIPE_MAX 16     /* queries in flight on one connection */
-#define DB_BATCHES_OUT 2   /* batched inserts in flight per pool; rows gather meanwhile */
+#define DB_BATCHES_OUT 1   /* batched inserts in flight per pool; rows gather meanwhile */
 #define DB_WAIT_MAX 1024   /* queries waiting for a connection, per pool */
 #define DB_QUERY_GRACE_MS 2000
 #define DB_BACKOFF_MIN_MS 100
