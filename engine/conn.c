@@ -340,6 +340,7 @@ static void finalize(struct conn *c)
         c->rdata_free(c->rdata);
     c->rdata = NULL;
     c->rdata_free = NULL;
+    c->rdata_reap = NULL;
     c->fd = -1;
     c->gen++;
     if (!c->reject)
@@ -748,6 +749,12 @@ void conn_set_rdata(struct conn *c, void *rdata, void (*free_fn)(void *rdata))
 {
     c->rdata = rdata;
     c->rdata_free = free_fn;
+    c->rdata_reap = NULL;
+}
+
+void conn_set_reap(struct conn *c, void (*reap)(void *rdata, conn_op_fn fn, int res))
+{
+    c->rdata_reap = reap;
 }
 
 void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res)
@@ -758,6 +765,8 @@ void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res)
         return;
     c->inflight--;
     if (c->state == CONN_CLOSING) {
+        if (c->rdata != NULL && c->rdata_reap != NULL)
+            c->rdata_reap(c->rdata, c->op_fn, res);
         finalize(c);
         return;
     }

@@ -80,17 +80,18 @@ struct conn {
     conn_op_fn detach_fn;     /* called once the socket is the route's to read */
     void *rdata;              /* route state of the request in progress */
     void (*rdata_free)(void *rdata); /* frees rdata if the connection closes first */
-    uint16_t inflight;               /* ops in flight */
-    uint16_t in_first;               /* first queued receive buffer, BUF_NONE if none */
-    uint16_t in_last;                /* last queued receive buffer */
-    uint16_t in_count;               /* queued receive buffers */
-    uint32_t in_off;                 /* bytes of in_first already consumed */
-    uint32_t discard;                /* body bytes skipped for the current request */
-    int status;                      /* status of the response to the current request */
-    uint64_t out_bytes;              /* bytes queued on the output chain */
-    uint64_t req_start_ns;           /* monotonic ns of the current request's first byte */
-    uint64_t active_ms;              /* last progress (bytes in or out), monotonic ms */
-    struct obuf *out_first;          /* output chain, sent in order */
+    void (*rdata_reap)(void *rdata, conn_op_fn fn, int res); /* see conn_set_reap */
+    uint16_t inflight;                                       /* ops in flight */
+    uint16_t in_first;      /* first queued receive buffer, BUF_NONE if none */
+    uint16_t in_last;       /* last queued receive buffer */
+    uint16_t in_count;      /* queued receive buffers */
+    uint32_t in_off;        /* bytes of in_first already consumed */
+    uint32_t discard;       /* body bytes skipped for the current request */
+    int status;             /* status of the response to the current request */
+    uint64_t out_bytes;     /* bytes queued on the output chain */
+    uint64_t req_start_ns;  /* monotonic ns of the current request's first byte */
+    uint64_t active_ms;     /* last progress (bytes in or out), monotonic ms */
+    struct obuf *out_first; /* output chain, sent in order */
     struct obuf *out_last;
     struct conn *next;     /* free list / deferred-free list link */
     struct ring *ring;     /* owning worker */
@@ -193,7 +194,8 @@ void conn_take_body(struct conn *c);
 /*
  * A submission entry for a route's own op on this connection (e.g. writing a
  * body span to a file); fn(c, res) runs at its completion, or not at all if
- * the connection closed meanwhile (then rdata_free cleans up). One at a time.
+ * the connection closed meanwhile (then the reap hook, if any, sees res and
+ * rdata_free cleans up). One at a time.
  */
 struct io_uring_sqe *conn_op_sqe(struct conn *c, conn_op_fn fn);
 
@@ -202,6 +204,14 @@ struct io_uring_sqe *conn_op_sqe(struct conn *c, conn_op_fn fn);
  * closes while it is set. A route that finishes clears it (NULL, NULL).
  */
 void conn_set_rdata(struct conn *c, void *rdata, void (*free_fn)(void *rdata));
+
+/*
+ * For rdata set last (conn_set_rdata clears it): when the connection is closing
+ * and the route's op completes, conn calls reap(rdata, fn, res), fn being the
+ * op's callback, before free_fn. An op that made something (a descriptor, a
+ * link) records it there, so that free_fn releases it too.
+ */
+void conn_set_reap(struct conn *c, void (*reap)(void *rdata, conn_op_fn fn, int res));
 
 /*
  * Call fn(c, 0) once, when the queued output has fallen to CONN_OUT_LOW (at

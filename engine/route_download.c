@@ -55,6 +55,27 @@ static void dl_free(void *p)
     free(d);
 }
 
+static void on_open(struct conn *c, int res);
+
+/* The connection closed first: a splice cut short may have left bytes in the pipe. */
+static void dl_gone(void *p)
+{
+    struct download *d = p;
+
+    if (d->piped)
+        d->in_pipe = 1; /* closed, not pooled */
+    dl_free(d);
+}
+
+/* The connection closed with the open in flight: keep the descriptor for dl_gone(). */
+static void dl_reap(void *p, conn_op_fn fn, int res)
+{
+    struct download *d = p;
+
+    if (fn == on_open && res >= 0)
+        d->fd = res;
+}
+
 /* Everything sent (or queued): the request is over. */
 static void finish(struct conn *c, struct download *d)
 {
@@ -306,7 +327,8 @@ enum route_verdict route_download_begin(struct conn *c, const char *key, uint64_
                               "Content-Range: bytes %llu-%llu/%llu\r\n", (unsigned long long)first,
                               (unsigned long long)last, (unsigned long long)size);
     disposition(d->extra + x, sizeof(d->extra) - x, name);
-    conn_set_rdata(c, d, dl_free);
+    conn_set_rdata(c, d, dl_gone);
+    conn_set_reap(c, dl_reap);
     sqe = conn_op_sqe(c, on_open);
     io_uring_prep_openat(sqe, store_dirfd(), d->key, O_RDONLY | O_CLOEXEC, 0);
     return ROUTE_PENDING;

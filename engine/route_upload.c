@@ -226,7 +226,28 @@ static void direct_detached(struct conn *c, int res);
 static void on_write(struct conn *c, int res);
 static void on_sync(struct conn *c, int res);
 static void on_link(struct conn *c, int res);
+static void on_installed(struct conn *c, int res);
 static void on_mkdir(struct conn *c, int res);
+
+/*
+ * The connection closed with an op in flight: what the op made is recorded, so
+ * that upload_gone() closes the file, the installed descriptor, or unlinks the name.
+ */
+static void upload_reap(void *p, conn_op_fn fn, int res)
+{
+    struct upload *u = p;
+
+    if (res < 0 || u->cur == NULL)
+        return;
+    if (fn == on_open) {
+        u->cur->fd = res;
+        met_inc(&u->ring->met.up_files_open);
+    } else if (fn == on_installed) {
+        u->cur->tmpfd = res;
+    } else if (fn == on_link) {
+        u->cur->linked = true;
+    }
+}
 
 /*
  * Create the current file, nameless, in the shard directory it will be linked
@@ -282,8 +303,6 @@ static bool write_span(struct conn *c, struct upload *u, const char *p, size_t n
     submit_write(c, u);
     return true;
 }
-
-static void on_installed(struct conn *c, int res);
 
 static void submit_link(struct conn *c, struct upload *u)
 {
@@ -1044,6 +1063,7 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     snprintf(u->user, sizeof(u->user), "%s", user);
     u->dbuf = -1;
     conn_set_rdata(c, u, upload_gone);
+    conn_set_reap(c, upload_reap);
     if (!multipart) {
         u->mode = raw_mode(r, expected);
         /* Stop receiving now: what is not in the receive buffers yet is the route's to read. */
