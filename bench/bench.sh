@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/bench.sh: `make bench`. ringup against nginx (dav PUT to the same disk, worker_processes
-# = cores) on the same run, driven by bench/ringup-load (build/bench/ringup-load):
+# = cores) on the same run, driven by the load generator of bench/load/ (build/bench/ringup-load):
 #
 #   16 KiB PUT at 10, 100 and 1,000 connections, 1 MiB PUT at 100, 10 MiB PUT at 50,
 #   multipart 16 KiB at 1,000 (ringup only: nginx has no multipart handler), 10,000 idle
@@ -17,7 +17,8 @@
 #   bench/bench.sh                    # BENCH_SECS (default 8) seconds per row
 #
 # Loopback only; every run is bounded in time and the whole stays under 15 minutes. Needs
-# `tools/bootstrap --bench` and `make ringup build/bench/ringup-load` (make bench does both).
+# `tools/bootstrap --bench` and `make ringup build/bench/ringup-load build/bench/fsops` (make
+# bench does both).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

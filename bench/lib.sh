@@ -180,6 +180,17 @@ bench_setup() {
     "$root/ringup" init-storage --storage-dir "$data/ringup" 2>&1 | sed "s/^/$me: /" >&2
 }
 
+# track_server PID NAME: record a server just started (pid, for cleanup) and wait for its
+# port; on failure show the end of its log and exit
+track_server() {
+    pid=$1
+    pids+=("$pid")
+    wait_port "$port" "$pid" || {
+        tail -n 20 "$tmp/$2.log" >&2
+        exit 1
+    }
+}
+
 # start_ringup NAME FSYNC [FLAG VALUE ...]: storage $data/ringup; sets port, pid
 start_ringup() {
     local name=$1 fs=$2
@@ -192,12 +203,7 @@ start_ringup() {
         --upload-rate-limit 1000000000 --global-rate-limit 1000000000 \
         --enable-adaptive-rate-limiting false --max-queue-size 100000000 \
         --max-connections 100000 "$@" 2>>"$tmp/$name.log" &
-    pid=$!
-    pids+=("$pid")
-    wait_port "$port" "$pid" || {
-        tail -n 20 "$tmp/$name.log" >&2
-        exit 1
-    }
+    track_server "$!" "$name"
 }
 
 # start_nginx NAME: dav PUT into a fresh $data/NAME, worker_processes = workers; sets port, pid
@@ -237,12 +243,7 @@ http {
 }
 CONF
     nginx -c "$tmp/$name/nginx.conf" -p "$tmp/$name" 2>>"$tmp/$name.log" &
-    pid=$!
-    pids+=("$pid")
-    wait_port "$port" "$pid" || {
-        tail -n 20 "$tmp/$name.log" >&2
-        exit 1
-    }
+    track_server "$!" "$name"
 }
 
 # fio_mbs DIRECT EXTRA...: sequential 1 MiB writes on the data filesystem, MB/s (10^6 B/s)

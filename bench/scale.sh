@@ -33,8 +33,9 @@ watch_server() {
     local nfd open
     while :; do
         nfd=$(ls "/proc/$1/fd" 2>/dev/null | wc -l)
+        # A scrape that times out under load must not end the sampler (set -e, pipefail).
         open=$(curl -s --max-time 2 "http://127.0.0.1:$2/metrics" |
-            awk '$1 == "ringup_connections_open" {print $2}')
+            awk '$1 == "ringup_connections_open" {print $2}') || open=0
         echo "$(rss_kb "$1") $nfd ${open:-0}" >>"$3"
         sleep 1
     done

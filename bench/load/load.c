@@ -297,6 +297,19 @@ static void close_socket(struct worker *w, struct conn *c)
     c->gen++;
 }
 
+/* Wait BACKOFF_NS, then start over (after a failed connect). */
+static void sleep_backoff(struct worker *w, struct conn *c)
+{
+    struct io_uring_sqe *sqe;
+
+    c->phase = PH_SLEEP;
+    c->ts.tv_sec = 0;
+    c->ts.tv_nsec = (long long)BACKOFF_NS;
+    sqe = get_sqe(w);
+    io_uring_prep_timeout(sqe, &c->ts, 0, 0);
+    arm(w, c, sqe, OP_SLEEP);
+}
+
 /* Connect now (a slot is free). */
 static void do_connect(struct worker *w, struct conn *c)
 {
@@ -334,12 +347,7 @@ out_fail:
         w->idle_pending--;
         return;
     }
-    c->phase = PH_SLEEP;
-    c->ts.tv_sec = 0;
-    c->ts.tv_nsec = (long long)BACKOFF_NS;
-    sqe = get_sqe(w);
-    io_uring_prep_timeout(sqe, &c->ts, 0, 0);
-    arm(w, c, sqe, OP_SLEEP);
+    sleep_backoff(w, c);
 }
 
 /* Connect, or queue for a connect slot. */
@@ -388,8 +396,6 @@ static void connect_slot_free(struct worker *w, uint64_t now)
  */
 static void conn_fail(struct worker *w, struct conn *c, enum err_kind k)
 {
-    struct io_uring_sqe *sqe;
-
     count_error(w, k);
     close_socket(w, c);
     c->job = JOB_NEW;
@@ -401,12 +407,7 @@ static void conn_fail(struct worker *w, struct conn *c, enum err_kind k)
         return;
     }
     if (k == ERR_CONNECT && !w->stopping) {
-        c->phase = PH_SLEEP;
-        c->ts.tv_sec = 0;
-        c->ts.tv_nsec = (long long)BACKOFF_NS;
-        sqe = get_sqe(w);
-        io_uring_prep_timeout(sqe, &c->ts, 0, 0);
-        arm(w, c, sqe, OP_SLEEP);
+        sleep_backoff(w, c);
         return;
     }
     conn_next(w, c);
