@@ -61,7 +61,7 @@ static struct conn *slot(struct conn_pool *p, uint32_t idx)
 }
 
 /* The live connection a CQE names, or NULL for a stale one. */
-static struct conn *lookup(struct ring *r, uint32_t idx, uint16_t gen)
+static struct conn *lookup(struct ring *r, uint32_t idx, uint32_t gen)
 {
     struct conn *c;
 
@@ -73,12 +73,20 @@ static struct conn *lookup(struct ring *r, uint32_t idx, uint16_t gen)
     return c;
 }
 
+/*
+ * Each slot holds a direct descriptor, so a worker never has more slots than
+ * its descriptor table (65,536): far below the 2^24 indexes user_data carries.
+ */
 static void grow(struct conn_pool *p)
 {
-    struct conn **chunks = realloc(p->chunks, (p->nchunks + 1) * sizeof(*chunks));
-    struct conn *chunk = calloc(CONN_CHUNK, sizeof(*chunk));
+    struct conn **chunks;
+    struct conn *chunk;
     uint32_t i;
 
+    if ((uint64_t)(p->nchunks + 1) * CONN_CHUNK > (uint64_t)RING_UD_IDX_MAX + 1)
+        log_oom();
+    chunks = realloc(p->chunks, (p->nchunks + 1) * sizeof(*chunks));
+    chunk = calloc(CONN_CHUNK, sizeof(*chunk));
     if (chunks == NULL || chunk == NULL)
         log_oom();
     p->chunks = chunks;
@@ -90,6 +98,48 @@ static void grow(struct conn_pool *p)
         p->free = &chunk[i];
     }
     p->nchunks++;
+}
+
+/* A free slot, cleared but for its index and generation. */
+static struct conn *slot_take(struct conn_pool *p)
+{
+    struct conn *c;
+    uint32_t idx;
+    uint32_t gen;
+
+    if (p->free == NULL)
+        grow(p);
+    c = p->free;
+    p->free = c->next;
+    idx = c->idx;
+    gen = c->gen;
+    memset(c, 0, sizeof(*c));
+    c->idx = idx;
+    c->gen = gen;
+    return c;
+}
+
+/*
+ * The slot's connection is gone: every reference to it is stale from now on
+ * (new generation). It is reused only after this loop turn (slots_reclaim).
+ */
+static void slot_retire(struct conn_pool *p, struct conn *c)
+{
+    c->fd = -1;
+    c->gen++;
+    c->next = p->dead;
+    p->dead = c;
+}
+
+/* End of a loop turn: retired slots become free, last in, first out. */
+static void slots_reclaim(struct conn_pool *p)
+{
+    while (p->dead != NULL) {
+        struct conn *c = p->dead;
+        p->dead = c->next;
+        c->next = p->free;
+        p->free = c;
+    }
 }
 
 static struct http_head *head_get(struct ring *r)
@@ -341,14 +391,11 @@ static void finalize(struct conn *c)
     c->rdata = NULL;
     c->rdata_free = NULL;
     c->rdata_reap = NULL;
-    c->fd = -1;
-    c->gen++;
     if (!c->reject)
         __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
     p->open--;
     met_set(&r->met.conn_open, p->open);
-    c->next = p->dead;
-    p->dead = c;
+    slot_retire(p, c);
 }
 
 void conn_close(struct conn *c)
@@ -541,6 +588,22 @@ static void skip_body(struct conn *c, size_t n)
         ask_after_skip(c);
 }
 
+/*
+ * The client shut its write side and every byte it sent is parsed: nothing
+ * more can arrive. The connection closes once what is queued is sent: the
+ * answers to requests it sent in full, or, for a request cut short, whatever
+ * was already said. A route still working on a request answers it first.
+ */
+static void after_peer_eof(struct conn *c)
+{
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGER || c->waiting ||
+        c->in_first != BUF_NONE || c->route_io)
+        return;
+    conn_close_after(c);
+    if (c->out_first == NULL)
+        start_linger(c); /* with peer_eof: closes now */
+}
+
 /* Feed queued input to the parser while nothing holds it back. */
 static void process(struct conn *c)
 {
@@ -603,6 +666,10 @@ static void process(struct conn *c)
         drop_input(c);
     if (c->state == CONN_IDLE)
         release_head(c);
+    if (c->peer_eof)
+        after_peer_eof(c);
+    if (c->state == CONN_CLOSING)
+        return;
     flush(c);
     update_recv(c);
 }
@@ -614,7 +681,7 @@ uint64_t conn_ref(const struct conn *c)
 
 struct conn *conn_deref(struct ring *r, uint64_t ref)
 {
-    struct conn *c = lookup(r, (uint32_t)ref, (uint16_t)(ref >> 32));
+    struct conn *c = lookup(r, (uint32_t)ref, (uint32_t)(ref >> 32));
 
     if (c == NULL || c->state == CONN_CLOSING || !c->waiting)
         return NULL;
@@ -696,7 +763,7 @@ void conn_on_sent(struct conn *c, conn_op_fn fn)
 
 struct conn *conn_find(struct ring *r, uint64_t ref)
 {
-    struct conn *c = lookup(r, (uint32_t)ref, (uint16_t)(ref >> 32));
+    struct conn *c = lookup(r, (uint32_t)ref, (uint32_t)(ref >> 32));
 
     return c != NULL && c->state != CONN_CLOSING ? c : NULL;
 }
@@ -757,7 +824,7 @@ void conn_set_reap(struct conn *c, void (*reap)(void *rdata, conn_op_fn fn, int 
     c->rdata_reap = reap;
 }
 
-void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res)
+void conn_on_op(struct ring *r, uint32_t idx, uint32_t gen, int res)
 {
     struct conn *c = lookup(r, idx, gen);
 
@@ -786,17 +853,7 @@ void conn_accept(struct ring *r, int fd)
     } else {
         met_inc(&r->met.conn_accepted);
     }
-    if (p->free == NULL)
-        grow(p);
-    c = p->free;
-    p->free = c->next;
-    {
-        uint32_t idx = c->idx;
-        uint16_t gen = c->gen;
-        memset(c, 0, sizeof(*c));
-        c->idx = idx;
-        c->gen = gen;
-    }
+    c = slot_take(p);
     c->fd = fd;
     c->ring = r;
     c->state = CONN_IDLE;
@@ -818,7 +875,7 @@ void conn_accept(struct ring *r, int fd)
     update_recv(c);
 }
 
-void conn_on_recv(struct ring *r, uint32_t idx, uint16_t gen, int res, uint32_t flags)
+void conn_on_recv(struct ring *r, uint32_t idx, uint32_t gen, int res, uint32_t flags)
 {
     struct conn *c = lookup(r, idx, gen);
 
@@ -845,12 +902,10 @@ void conn_on_recv(struct ring *r, uint32_t idx, uint16_t gen, int res, uint32_t 
         }
     } else if (res == 0) {
         c->peer_eof = 1;
-        if (c->state != CONN_CLOSING) {
-            if (c->out_first != NULL && c->state != CONN_LINGER)
-                conn_close_after(c);
-            else
-                conn_close(c);
-        }
+        if (c->state == CONN_LINGER)
+            conn_close(c);
+        else
+            after_peer_eof(c);
     } else if (res == -ENOBUFS) {
         met_inc(&r->met.recv_enobufs);
         if (c->state != CONN_CLOSING && !c->starved) {
@@ -863,7 +918,7 @@ void conn_on_recv(struct ring *r, uint32_t idx, uint16_t gen, int res, uint32_t 
                 p->starved = v;
                 p->starved_cap = cap;
             }
-            p->starved[p->nstarved++] = (uint64_t)c->gen << 32 | c->idx;
+            p->starved[p->nstarved++] = conn_ref(c);
             c->starved = 1;
         }
     } else if (res != -ECANCELED) {
@@ -875,7 +930,7 @@ void conn_on_recv(struct ring *r, uint32_t idx, uint16_t gen, int res, uint32_t 
         update_recv(c);
 }
 
-void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res)
+void conn_on_send(struct ring *r, uint32_t idx, uint32_t gen, int res)
 {
     struct conn *c = lookup(r, idx, gen);
     struct obuf *o;
@@ -916,7 +971,8 @@ void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res)
         return;
     }
     if (c->close_after) {
-        if (c->state != CONN_LINGER)
+        /* A route still producing the response (a download) finishes first. */
+        if (c->state != CONN_LINGER && !c->waiting)
             start_linger(c);
         return;
     }
@@ -924,7 +980,7 @@ void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res)
     process(c);
 }
 
-void conn_on_done(struct ring *r, uint32_t idx, uint16_t gen)
+void conn_on_done(struct ring *r, uint32_t idx, uint32_t gen)
 {
     struct conn *c = lookup(r, idx, gen);
 
@@ -944,19 +1000,14 @@ void conn_tick(struct ring *r)
     uint32_t i;
     uint32_t n;
 
-    while (p->dead != NULL) {
-        struct conn *c = p->dead;
-        p->dead = c->next;
-        c->next = p->free;
-        p->free = c;
-    }
+    slots_reclaim(p);
     if (p->nstarved == 0 || r->bufs.free == 0)
         return;
     n = p->nstarved;
     p->nstarved = 0;
     for (i = 0; i < n; i++) {
         uint64_t key = p->starved[i];
-        struct conn *c = lookup(r, (uint32_t)key, (uint16_t)(key >> 32));
+        struct conn *c = lookup(r, (uint32_t)key, (uint32_t)(key >> 32));
         if (c == NULL || !c->starved)
             continue;
         c->starved = 0;
@@ -985,7 +1036,11 @@ static void drain_one(struct conn *c)
     }
     if (c->state == CONN_IDLE || (c->state == CONN_BODY && c->answered))
         conn_close_after(c);
-    if (c->close_after && c->out_first == NULL && c->state != CONN_LINGER)
+    /*
+     * Answered is not finished: a route still sending the body (a splice in
+     * flight, its output chain empty) closes the connection when it is done.
+     */
+    if (c->close_after && c->out_first == NULL && c->state != CONN_LINGER && !c->waiting)
         start_linger(c);
 }
 

@@ -53,7 +53,7 @@ struct obuf {
 struct conn {
     int fd;                   /* the socket: a direct descriptor (registered file slot) */
     uint32_t idx;             /* slot index in the pool */
-    uint16_t gen;             /* slot generation: bumped when the slot is freed */
+    uint32_t gen;             /* slot generation: bumped when the slot is freed */
     uint8_t state;            /* enum conn_state */
     uint8_t recv_armed : 1;   /* multishot recv in flight */
     uint8_t recv_cancel : 1;  /* a cancel of the recv is in flight */
@@ -110,7 +110,7 @@ struct conn_pool {
     uint32_t nheads;
     struct obuf **obufs; /* cached CONN_OBUF_SIZE output buffers */
     uint32_t nobufs;
-    uint64_t *starved; /* (gen << 32 | idx) of connections waiting for buffers */
+    uint64_t *starved; /* conn_ref() of connections waiting for buffers */
     uint32_t nstarved;
     uint32_t starved_cap;
 };
@@ -122,9 +122,9 @@ void conn_pool_free(struct conn_pool *p);
 void conn_accept(struct ring *r, int fd);
 
 /* Completions, decoded by ring_dispatch. */
-void conn_on_recv(struct ring *r, uint32_t idx, uint16_t gen, int res, uint32_t flags);
-void conn_on_send(struct ring *r, uint32_t idx, uint16_t gen, int res);
-void conn_on_done(struct ring *r, uint32_t idx, uint16_t gen); /* shutdown/cancel/close CQE */
+void conn_on_recv(struct ring *r, uint32_t idx, uint32_t gen, int res, uint32_t flags);
+void conn_on_send(struct ring *r, uint32_t idx, uint32_t gen, int res);
+void conn_on_done(struct ring *r, uint32_t idx, uint32_t gen); /* shutdown/cancel/close CQE */
 
 /* End of a loop turn: free closed slots, re-arm receives that waited for buffers. */
 void conn_tick(struct ring *r);
@@ -143,7 +143,9 @@ void conn_close(struct conn *c);
 /*
  * Room for n bytes at the end of the output chain. Never fails (aborts when
  * out of memory). Follow with conn_out_commit() of at most n bytes before any
- * other call on c.
+ * other call on c, and never hold reserved space across an asynchronous op:
+ * the chain is sent and freed as the client takes it, so space reserved for
+ * a read still in flight could go out empty and be freed under the read.
  */
 char *conn_out_reserve(struct conn *c, size_t n);
 void conn_out_commit(struct conn *c, size_t n);
@@ -270,6 +272,6 @@ void conn_body_read(struct conn *c);
 void conn_route_sends(struct conn *c, bool on);
 
 /* A route op CQE (ring dispatch). */
-void conn_on_op(struct ring *r, uint32_t idx, uint16_t gen, int res);
+void conn_on_op(struct ring *r, uint32_t idx, uint32_t gen, int res);
 
 #endif /* ENGINE_CONN_H */

@@ -530,7 +530,7 @@ static bool read_results(struct db_conn *c)
     return true;
 }
 
-void db_on_poll(struct db_pool *p, uint8_t idx, uint16_t gen, int res)
+void db_on_poll(struct db_pool *p, uint8_t idx, uint32_t gen, int res)
 {
     struct db_conn *c = &p->conns[idx];
     struct ring *r = p->ring;

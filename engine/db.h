@@ -109,7 +109,7 @@ struct db_conn {
     struct pg_conn *pg;       /* libpq connection */
     struct db_pool *pool;     /* owner */
     int fd;                   /* PQsocket, -1 when none */
-    uint16_t gen;             /* bumped per connection attempt: stale polls are dropped */
+    uint32_t gen;             /* bumped per connection attempt: stale polls are dropped */
     uint8_t idx;              /* slot in the pool */
     uint8_t state;            /* enum db_conn_state */
     uint8_t stage;            /* enum db_stage */
@@ -205,7 +205,7 @@ int db_insert_file(struct db_pool *p, const struct db_file_row *row, db_cb cb, v
                    uint64_t tag);
 
 /* A poll CQE for connection idx (ring dispatch). */
-void db_on_poll(struct db_pool *p, uint8_t idx, uint16_t gen, int res);
+void db_on_poll(struct db_pool *p, uint8_t idx, uint32_t gen, int res);
 
 /* End of a loop turn: send what was queued (one write per connection). */
 void db_tick(struct db_pool *p);

@@ -245,8 +245,8 @@ static void dispatch(struct ring *r, const struct io_uring_cqe *cqe)
 {
     uint64_t ud = cqe->user_data;
     enum ring_op_kind kind = (enum ring_op_kind)(ud >> 56);
-    uint16_t gen = (uint16_t)(ud >> 32);
-    uint32_t idx = (uint32_t)ud;
+    uint32_t gen = (uint32_t)(ud >> RING_UD_IDX_BITS);
+    uint32_t idx = (uint32_t)ud & RING_UD_IDX_MAX;
 
     switch (kind) {
     case RING_OP_ACCEPT:

@@ -5,9 +5,10 @@
  * metrics and log buffer. Nothing here is touched by another thread except
  * the stop flag and the wake eventfd.
  *
- * user_data is tagged: op kind (8 bits), generation (16), slot index (32),
+ * user_data is tagged: op kind (8 bits), generation (32), slot index (24),
  * decoded in one place (ring_dispatch), so a late CQE for a reused slot is
- * recognised by its stale generation and dropped.
+ * recognised by its stale generation and dropped. 32 bits of generation take
+ * years of churn on one slot to wrap (16 bits wrapped in about a second).
  */
 #ifndef ENGINE_RING_H
 #define ENGINE_RING_H
@@ -44,9 +45,12 @@ enum ring_op_kind {
     RING_OP__MAX,
 };
 
-static inline uint64_t ring_ud(enum ring_op_kind kind, uint16_t gen, uint32_t idx)
+#define RING_UD_IDX_BITS 24 /* slot index bits of user_data: 16M slots per kind */
+#define RING_UD_IDX_MAX ((1u << RING_UD_IDX_BITS) - 1)
+
+static inline uint64_t ring_ud(enum ring_op_kind kind, uint32_t gen, uint32_t idx)
 {
-    return (uint64_t)kind << 56 | (uint64_t)gen << 32 | idx;
+    return (uint64_t)kind << 56 | (uint64_t)gen << RING_UD_IDX_BITS | (idx & RING_UD_IDX_MAX);
 }
 
 #define RING_ENTRIES 4096           /* submission queue entries */

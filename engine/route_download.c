@@ -34,7 +34,7 @@ struct download {
     bool close;   /* the response closes the connection */
     uint64_t pos; /* next byte to read */
     uint64_t end; /* one past the last byte to send */
-    char *buf;    /* output space the read in flight fills */
+    char *buf;    /* buffered path: DL_CHUNK bytes the read in flight fills, NULL before */
     struct ring *ring;
     struct xfer_pipe pipe; /* lent while a splice pair runs */
     bool piped;
@@ -52,6 +52,7 @@ static void dl_free(void *p)
         close(d->fd);
     if (d->piped)
         xfer_pipe_put(d->ring, d->pipe, d->in_pipe == 0);
+    free(d->buf);
     free(d);
 }
 
@@ -117,7 +118,13 @@ static size_t disposition(char *out, size_t cap, const char *name)
 
 static void on_read(struct conn *c, int res);
 
-/* Read the next step into the output, once the client has taken enough. */
+/*
+ * Read the next step, once the client has taken enough. The read fills the
+ * download's own buffer, never reserved output space: the output chain is
+ * sent and freed as the client takes it, while the read may complete later
+ * (a file not in the page cache), so output space is reserved only when the
+ * bytes are there (on_read).
+ */
 static void pump(struct conn *c, int res)
 {
     struct download *d = c->rdata;
@@ -127,7 +134,11 @@ static void pump(struct conn *c, int res)
     (void)res;
     if (want > DL_CHUNK)
         want = DL_CHUNK;
-    d->buf = conn_out_reserve(c, (size_t)want);
+    if (d->buf == NULL) {
+        d->buf = malloc(DL_CHUNK);
+        if (d->buf == NULL)
+            log_oom();
+    }
     sqe = conn_op_sqe(c, on_read);
     io_uring_prep_read(sqe, d->fd, d->buf, (unsigned)want, d->pos);
 }
@@ -145,6 +156,7 @@ static void on_read(struct conn *c, int res)
         conn_close(c);
         return;
     }
+    memcpy(conn_out_reserve(c, (size_t)res), d->buf, (size_t)res);
     conn_out_commit(c, (size_t)res);
     met_add(&d->ring->met.dl_bytes_buffered, (uint64_t)res);
     d->pos += (uint64_t)res;

@@ -1609,6 +1609,168 @@ def t_download_no_pipe(ctx):
         env.still_serving("after the stalled readers")
 
 
+def evict(path):
+    """Drops a file's pages from the page cache, so that reading it waits for the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def slow_download(port, fid, token, rcvbuf=65536, pause=0.001):
+    """GET of a file's content through a small receive window, read a little at a time:
+    the server's sends go out in pieces. Returns (status, headers text, body)."""
+    c = Conn(port, timeout=5.0)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    c.send(("GET /v1/files/%s/content HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+            "Connection: close\r\n\r\n" % (fid, token)).encode())
+    data = bytearray()
+    try:
+        while True:
+            d = c.sock.recv(rcvbuf)
+            if not d:
+                break
+            data += d
+            time.sleep(pause)
+    except OSError as e:
+        print("# slow download: %r after %d bytes" % (e, len(data)), flush=True)
+    c.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+    return status, head.decode("latin-1"), body
+
+
+@_test("upload: a buffered download of a file the page cache does not hold, sent to a slow "
+       "reader while every pipe is lent, arrives exact and the server lives on")
+def t_download_no_pipe_uncached(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--connection-timeout", 20000, workers=1)
+        big = env.put_ok("hold.bin", body_of(8 * MIB), check_get=False)
+        body = body_of(6 * MIB + 333)
+        doc = env.put_ok("cold.bin", body, check_get=False)
+        req = ("GET /v1/files/%s/content HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n"
+               % (big["id"], env.token)).encode()
+        stuck = []
+        try:
+            for _ in range(70):
+                c = Conn(env.port)
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                c.send(req)
+                stuck.append(c)
+            held = 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                held = db_routes.scrape(env.port).value("ringup_splice_pipes_in_use") or 0
+                if held >= 64:
+                    break
+                time.sleep(0.2)
+            expect_eq("pipes held by the stalled readers", 64, held)
+            for attempt in range(3):
+                evict(os.path.join(env.storage, env.key(doc["id"])))
+                t0 = time.monotonic()
+                status, head, got = slow_download(env.port, doc["id"], env.token)
+                expect_eq("status of the cold download #%d" % attempt, 200, status)
+                expect_eq("sha256 of the cold download #%d" % attempt,
+                          hashlib.sha256(body).hexdigest(), hashlib.sha256(got).hexdigest())
+        finally:
+            for c in stuck:
+                c.close()
+        env.still_serving("after the cold buffered downloads")
+
+
+@_test("upload: a spliced download with Connection: close to a slow reader arrives complete "
+       "before the connection closes")
+def t_download_close_slow(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, workers=1)
+        body = body_of(5 * MIB + 77)
+        doc = env.put_ok("close.bin", body, check_get=False)
+        status, _, got = slow_download(env.port, doc["id"], env.token)
+        expect_eq("status", 200, status)
+        expect_eq("bytes of the download", len(body), len(got))
+        expect_eq("sha256 of the download", hashlib.sha256(body).hexdigest(),
+                  hashlib.sha256(got).hexdigest())
+
+
+@_test("upload: SIGTERM lets a download in flight finish (within SHUTDOWN_TIMEOUT), then "
+       "exits 0")
+def t_download_shutdown(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, workers=1)
+        body = body_of(8 * MIB)
+        doc = env.put_ok("drain.bin", body, check_get=False)
+        c = Conn(env.port, timeout=10.0)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send(("GET /v1/files/%s/content HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s"
+                "\r\n\r\n" % (doc["id"], env.token)).encode())
+        data = bytearray(c.sock.recv(65536))
+        env.server.terminate()
+        try:
+            while True:
+                d = c.sock.recv(65536)
+                if not d:
+                    break
+                data += d
+                time.sleep(0.002)
+        except OSError as e:
+            raise Fail("the download broke off during shutdown", "%r after %d bytes"
+                       % (e, len(data)))
+        c.close()
+        head, _, got = bytes(data).partition(b"\r\n\r\n")
+        expect(head.startswith(b"HTTP/1.1 200 "), "status of the download", "200",
+               short(head, 200))
+        expect_eq("bytes of the download across the shutdown", len(body), len(got))
+        expect_eq("sha256 of the download across the shutdown",
+                  hashlib.sha256(body).hexdigest(), hashlib.sha256(got).hexdigest())
+        rc = env.server.wait_exit(20.0)
+        env.server.finish()
+        expect_eq("exit status after SIGTERM", 0, rc)
+
+
+@_test("upload: a client that sends its requests, then shuts its write side, gets every "
+       "answer before the close (a lookup, two pipelined requests, a PUT)")
+def t_half_close(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db)
+        auth = "Authorization: Bearer %s\r\n" % env.token
+        c = Conn(env.port)
+        c.send("GET /v1/files?limit=1 HTTP/1.1\r\nHost: t\r\n%s\r\n" % auth)
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response(what="the answer to a request sent before the half-close")
+        expect_status(r, 200)
+        expect_eq("after the answer", "eof", c.wait_close(5.0)[0])
+        c.close()
+
+        c = Conn(env.port)
+        c.send("GET /v1/files?limit=1 HTTP/1.1\r\nHost: t\r\n%s\r\n"
+               "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" % auth)
+        c.sock.shutdown(socket.SHUT_WR)
+        expect_status(c.read_response(what="the first pipelined answer"), 200)
+        expect_status(c.read_response(what="the second pipelined answer"), 200)
+        expect_eq("after both answers", "eof", c.wait_close(5.0)[0])
+        c.close()
+
+        body = body_of(200000)
+        c = Conn(env.port)
+        c.send(("PUT /v1/files/half.bin HTTP/1.1\r\nHost: t\r\n%sContent-Length: %d\r\n\r\n"
+                % (auth, len(body))).encode() + body)
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response(what="the answer to a PUT sent before the half-close", timeout=20.0)
+        env.accept(r, body, "half.bin")
+        c.close()
+
+        # A head cut short can never complete: the connection closes without an answer.
+        c = Conn(env.port)
+        c.send("GET /v1/files HTTP/1.1\r\nHost: t\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        kind, _, got = c.wait_close(5.0)
+        expect_eq("a half-closed partial head", ("eof", b""), (kind, got))
+        c.close()
+        env.still_serving("after half-closed clients")
+
+
 @_test("upload: a download nobody reads is cut after CONNECTION_TIMEOUT")
 def t_download_stall(ctx):
     with db_routes.TestDb(ctx) as db:
