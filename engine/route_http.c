@@ -178,7 +178,10 @@ void route_fail(struct conn *c, int err, const struct http_head *h)
                     "The request did not arrive within CONNECTION_TIMEOUT.", true, NULL);
         break;
     case -ENOTSUP:
-        route_error(c, h, 501, "not_implemented", "CONNECT is not supported.", true, NULL);
+        /* The parser refuses both alike, before the head: h is NULL, the body unread. */
+        route_error(c, h, 501, "not_implemented",
+                    "CONNECT and transfer codings other than chunked are not supported.", true,
+                    NULL);
         break;
     case -EBUSY:
         route_error(c, h, 503, "overloaded", "Too many connections; retry later.", true,
