@@ -114,7 +114,8 @@ void route_respond(struct conn *c, const struct http_head *h, int status, const 
         .date = conn_date(c),
         .extra = with_cors(c, h, extra, cors),
     };
-    size_t send_body = head_only ? 0 : body_len;
+    /* A 204 head has no Content-Length (http_write_head): a body would frame the next response. */
+    size_t send_body = head_only || status == 204 ? 0 : body_len;
     char *out = conn_out_reserve(c, ROUTE_HEAD_MAX + send_body);
     ssize_t n = http_write_head(out, ROUTE_HEAD_MAX, &r);
 

@@ -720,9 +720,11 @@ ssize_t http_write_head(char *buf, size_t cap, const struct http_resp *r)
         puts_(&o, r->content_type);
         puts_(&o, "\r\n");
     }
-    puts_(&o, "Content-Length: ");
-    put_u64(&o, r->content_length);
-    puts_(&o, "\r\n");
+    if (r->status != 204 && (r->status < 100 || r->status > 199)) {
+        puts_(&o, "Content-Length: ");
+        put_u64(&o, r->content_length);
+        puts_(&o, "\r\n");
+    }
     if (r->close)
         puts_(&o, "Connection: close\r\n");
     if (r->extra != NULL)

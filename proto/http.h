@@ -177,8 +177,9 @@ struct http_resp {
 };
 
 /*
- * Write a response head into out. Returns the bytes written, or -ENOSPC if
- * cap is too small (out is then unspecified).
+ * Write a response head into out. A 1xx or 204 head carries no
+ * Content-Length (RFC 9110 8.6), whatever r says. Returns the bytes written,
+ * or -ENOSPC if cap is too small (out is then unspecified).
  */
 ssize_t http_write_head(char *out, size_t cap, const struct http_resp *r);
 

@@ -1284,7 +1284,17 @@ static void test_write_head(void **state)
     r.status = 204;
     r.date = "Thu, 01 Jan 1970 00:00:00 GMT";
     check_head(&r, "HTTP/1.1 204 No Content\r\nServer: ringup\r\n"
-                   "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n");
+                   "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n");
+
+    /* RFC 9110 8.6: no Content-Length on 1xx and 204, whatever the caller says. */
+    memset(&r, 0, sizeof(r));
+    r.status = 204;
+    r.content_length = 7;
+    r.extra = "Allow: GET\r\n";
+    check_head(&r, "HTTP/1.1 204 No Content\r\nServer: ringup\r\nAllow: GET\r\n\r\n");
+    r.status = 100;
+    r.extra = NULL;
+    check_head(&r, "HTTP/1.1 100 Continue\r\nServer: ringup\r\n\r\n");
 
     memset(&r, 0, sizeof(r));
     r.status = 799;
