@@ -275,7 +275,9 @@ static void begin_file(struct conn *c, struct upload *u, const char *name, size_
     f->fd = -1;
     f->tmpfd = -1;
     f->fixed = u->ring->has_fd_install;
-    ids_filename(name, len, f->name);
+    /* Sanitized already (ids_filename): a second decoding would turn "%2541" into "A". */
+    memcpy(f->name, name, len);
+    f->name[len] = '\0';
     store_new_id(f->id);
     store_key(f->id, f->key);
     store_shard_dirs(f->id, u->dir, f->shard);
@@ -967,7 +969,9 @@ static enum feed_result feed(struct conn *c, struct upload *u)
         switch (ev.kind) {
         case MP_EV_NONE:
             return FEED_DONE;
-        case MP_EV_PART_BEGIN:
+        case MP_EV_PART_BEGIN: {
+            char name[IDS_NAME_MAX + 1];
+            int len;
             /* filename="" is a browser's empty file input: a field, not a file. */
             if (!ev.part->is_file || ev.part->filename_len == 0)
                 break;
@@ -975,8 +979,15 @@ static enum feed_result feed(struct conn *c, struct upload *u)
                 fail(c, u, 413, "too_many_files", "More files than MAX_FILES_PER_REQUEST.");
                 return FEED_FAILED;
             }
-            begin_file(c, u, ev.part->filename, ev.part->filename_len);
+            len = ids_filename(ev.part->filename, ev.part->filename_len, name);
+            if (len < 0) {
+                /* The row would be refused at the end, as a 503 the client retries forever. */
+                fail(c, u, 400, "bad_request", "A part's file name is not valid UTF-8.");
+                return FEED_FAILED;
+            }
+            begin_file(c, u, name, (size_t)len);
             return FEED_OP;
+        }
         case MP_EV_DATA:
             if (u->cur == NULL) {
                 u->field_bytes += ev.data.len;
