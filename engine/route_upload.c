@@ -398,19 +398,30 @@ static void on_open(struct conn *c, int res)
     raw_body_begin(c);
 }
 
+/*
+ * The client may wait for this before sending the body; the checks are behind
+ * us. Not to HTTP/1.0, which knows no 1xx: RFC 9110 10.1.1 has the server
+ * ignore its expectation.
+ */
+static void send_continue(struct conn *c)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    const struct http_head *h = conn_head(c);
+    struct http_span expect;
+    char *o;
+
+    if (h->http_minor == 0 || !http_header(h, "expect", &expect) || expect.len != 12 ||
+        strncasecmp(expect.p, "100-continue", 12) != 0)
+        return;
+    o = conn_out_reserve(c, sizeof(cont) - 1);
+    memcpy(o, cont, sizeof(cont) - 1);
+    conn_out_commit(c, sizeof(cont) - 1);
+}
+
 /* The file is open (and, for O_DIRECT, a buffer lent): let the raw body come. */
 static void raw_body_begin(struct conn *c)
 {
-    struct http_span expect;
-
-    /* A raw body: the client may wait for this before sending it; the checks are behind us. */
-    if (http_header(conn_head(c), "expect", &expect) && expect.len == 12 &&
-        strncasecmp(expect.p, "100-continue", 12) == 0) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        char *o = conn_out_reserve(c, sizeof(cont) - 1);
-        memcpy(o, cont, sizeof(cont) - 1);
-        conn_out_commit(c, sizeof(cont) - 1);
-    }
+    send_continue(c);
     conn_take_body(c);
     conn_resume(c);
 }
@@ -1089,6 +1100,7 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     if (u->mp == NULL)
         log_oom();
     mp_init(u->mp, boundary, (size_t)blen);
+    send_continue(c);
     conn_take_body(c);
     return ROUTE_BODY;
 }
