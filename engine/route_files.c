@@ -503,6 +503,7 @@ static enum route_verdict put_head(struct conn *c, const struct http_head *h,
     struct v1_req *q;
     uint64_t limit = r->cfg->max_file_size;
     bool post = h->method == HTTP_POST;
+    int named;
 
     if (!http_chunked(p) && !http_header(h, "content-length", &cl)) {
         route_error(c, h, 411, "length_required",
@@ -527,9 +528,15 @@ static enum route_verdict put_head(struct conn *c, const struct http_head *h,
     q->expected = http_content_length(p);
     if (post) {
         struct http_span n = post_name(h);
-        ids_filename(n.p, n.len, q->name);
+        named = ids_filename(n.p, n.len, q->name);
     } else {
-        ids_filename(path.p + 10, path.len - 10, q->name);
+        named = ids_filename(path.p + 10, path.len - 10, q->name);
+    }
+    if (named < 0) {
+        /* The row would be refused after the whole body, as a 503 the client retries forever. */
+        route_error(c, h, 400, "bad_request", "The file name is not valid UTF-8.", true, NULL);
+        free(q);
+        return ROUTE_ANSWERED;
     }
     return authenticate(c, h, q);
 }

@@ -114,7 +114,8 @@ void route_respond(struct conn *c, const struct http_head *h, int status, const 
         .date = conn_date(c),
         .extra = with_cors(c, h, extra, cors),
     };
-    size_t send_body = head_only ? 0 : body_len;
+    /* A 204 head has no Content-Length (http_write_head): a body would frame the next response. */
+    size_t send_body = head_only || status == 204 ? 0 : body_len;
     char *out = conn_out_reserve(c, ROUTE_HEAD_MAX + send_body);
     ssize_t n = http_write_head(out, ROUTE_HEAD_MAX, &r);
 
@@ -178,7 +179,10 @@ void route_fail(struct conn *c, int err, const struct http_head *h)
                     "The request did not arrive within CONNECTION_TIMEOUT.", true, NULL);
         break;
     case -ENOTSUP:
-        route_error(c, h, 501, "not_implemented", "CONNECT is not supported.", true, NULL);
+        /* The parser refuses both alike, before the head: h is NULL, the body unread. */
+        route_error(c, h, 501, "not_implemented",
+                    "CONNECT and transfer codings other than chunked are not supported.", true,
+                    NULL);
         break;
     case -EBUSY:
         route_error(c, h, 503, "overloaded", "Too many connections; retry later.", true,

@@ -275,7 +275,9 @@ static void begin_file(struct conn *c, struct upload *u, const char *name, size_
     f->fd = -1;
     f->tmpfd = -1;
     f->fixed = u->ring->has_fd_install;
-    ids_filename(name, len, f->name);
+    /* Sanitized already (ids_filename): a second decoding would turn "%2541" into "A". */
+    memcpy(f->name, name, len);
+    f->name[len] = '\0';
     store_new_id(f->id);
     store_key(f->id, f->key);
     store_shard_dirs(f->id, u->dir, f->shard);
@@ -396,19 +398,30 @@ static void on_open(struct conn *c, int res)
     raw_body_begin(c);
 }
 
+/*
+ * The client may wait for this before sending the body; the checks are behind
+ * us. Not to HTTP/1.0, which knows no 1xx: RFC 9110 10.1.1 has the server
+ * ignore its expectation.
+ */
+static void send_continue(struct conn *c)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    const struct http_head *h = conn_head(c);
+    struct http_span expect;
+    char *o;
+
+    if (h->http_minor == 0 || !http_header(h, "expect", &expect) || expect.len != 12 ||
+        strncasecmp(expect.p, "100-continue", 12) != 0)
+        return;
+    o = conn_out_reserve(c, sizeof(cont) - 1);
+    memcpy(o, cont, sizeof(cont) - 1);
+    conn_out_commit(c, sizeof(cont) - 1);
+}
+
 /* The file is open (and, for O_DIRECT, a buffer lent): let the raw body come. */
 static void raw_body_begin(struct conn *c)
 {
-    struct http_span expect;
-
-    /* A raw body: the client may wait for this before sending it; the checks are behind us. */
-    if (http_header(conn_head(c), "expect", &expect) && expect.len == 12 &&
-        strncasecmp(expect.p, "100-continue", 12) == 0) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        char *o = conn_out_reserve(c, sizeof(cont) - 1);
-        memcpy(o, cont, sizeof(cont) - 1);
-        conn_out_commit(c, sizeof(cont) - 1);
-    }
+    send_continue(c);
     conn_take_body(c);
     conn_resume(c);
 }
@@ -967,7 +980,9 @@ static enum feed_result feed(struct conn *c, struct upload *u)
         switch (ev.kind) {
         case MP_EV_NONE:
             return FEED_DONE;
-        case MP_EV_PART_BEGIN:
+        case MP_EV_PART_BEGIN: {
+            char name[IDS_NAME_MAX + 1];
+            int len;
             /* filename="" is a browser's empty file input: a field, not a file. */
             if (!ev.part->is_file || ev.part->filename_len == 0)
                 break;
@@ -975,8 +990,15 @@ static enum feed_result feed(struct conn *c, struct upload *u)
                 fail(c, u, 413, "too_many_files", "More files than MAX_FILES_PER_REQUEST.");
                 return FEED_FAILED;
             }
-            begin_file(c, u, ev.part->filename, ev.part->filename_len);
+            len = ids_filename(ev.part->filename, ev.part->filename_len, name);
+            if (len < 0) {
+                /* The row would be refused at the end, as a 503 the client retries forever. */
+                fail(c, u, 400, "bad_request", "A part's file name is not valid UTF-8.");
+                return FEED_FAILED;
+            }
+            begin_file(c, u, name, (size_t)len);
             return FEED_OP;
+        }
         case MP_EV_DATA:
             if (u->cur == NULL) {
                 u->field_bytes += ev.data.len;
@@ -1078,6 +1100,7 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     if (u->mp == NULL)
         log_oom();
     mp_init(u->mp, boundary, (size_t)blen);
+    send_continue(c);
     conn_take_body(c);
     return ROUTE_BODY;
 }

@@ -110,6 +110,28 @@ static int on_header_value_complete(llhttp_t *ll)
 }
 
 /*
+ * Whether the head's Transfer-Encoding is one field holding exactly
+ * "chunked" (any case; llhttp dropped the leading whitespace, we the trailing
+ * one). Two fields are one list (RFC 9110 5.3), so they never are.
+ */
+static bool te_is_chunked(const struct http_head *h)
+{
+    const struct http_hdr *te = NULL;
+    uint16_t i;
+
+    for (i = 0; i < h->nhdr; i++) {
+        const struct http_hdr *hd = &h->hdr[i];
+        if (hd->name_len == 17 &&
+            strncasecmp(h->buf + hd->name_off, "transfer-encoding", 17) == 0) {
+            if (te != NULL)
+                return false;
+            te = hd;
+        }
+    }
+    return te != NULL && te->val_len == 7 && strncasecmp(h->buf + te->val_off, "chunked", 7) == 0;
+}
+
+/*
  * Reject framing that two parsers could read differently before the caller
  * sees the head. llhttp itself refuses Content-Length with Transfer-Encoding
  * and duplicate Content-Lengths, but it reports the head of a request whose
@@ -117,6 +139,14 @@ static int on_header_value_complete(llhttp_t *ll)
  * accepts Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1: faulty framing), an
  * empty Transfer-Encoding, and HTTP/0.9 request lines. CONNECT is not served
  * (501).
+ *
+ * Transfer codings: a list whose last coding is not chunked leaves the body's
+ * length unknown, and RFC 9112 6.3 demands 400 and close; that holds before
+ * anything else, so "chunked, gzip" is 400 even though gzip is not
+ * implemented either. A list that does end in chunked frames the body, but
+ * we decode no other coding ("gzip, chunked" would be stored still gzipped),
+ * so anything but a lone "chunked" is 501 (RFC 9112 6.1: a coding the server
+ * does not understand), and the connection closes unread.
  */
 static int on_headers_complete(llhttp_t *ll)
 {
@@ -132,6 +162,11 @@ static int on_headers_complete(llhttp_t *ll)
             p->err = -EBADMSG;
             return -1;
         }
+        if (!te_is_chunked(p->head)) {
+            p->err = -ENOTSUP;
+            p->why = "transfer coding other than chunked";
+            return -1;
+        }
     } else if (http_header(p->head, "transfer-encoding", &te)) {
         /* An empty Transfer-Encoding sets no llhttp flag: a proxy may still see one. */
         p->err = -EBADMSG;
@@ -139,6 +174,7 @@ static int on_headers_complete(llhttp_t *ll)
     }
     if (ll->method == HTTP_CONNECT) {
         p->err = -ENOTSUP;
+        p->why = "CONNECT is not supported";
         return -1;
     }
     p->head->method = ll->method;
@@ -162,6 +198,16 @@ static int on_body(llhttp_t *ll, const char *at, size_t len)
     if (p->body.len == 0)
         p->body.p = at;
     p->body.len += len;
+    return 0;
+}
+
+/* The last chunk (size 0): what follows up to the message's end is trailers. */
+static int on_chunk_header(llhttp_t *ll)
+{
+    struct http_parser *p = ll->data;
+
+    if (ll->content_length == 0)
+        p->in_trailers = 1;
     return 0;
 }
 
@@ -190,6 +236,7 @@ static const llhttp_settings_t settings = {
     .on_header_value_complete = on_header_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
+    .on_chunk_header = on_chunk_header,
     .on_chunk_complete = on_chunk_complete,
     .on_message_complete = on_message_complete,
 };
@@ -215,6 +262,7 @@ void http_begin(struct http_parser *p, struct http_head *h)
     p->begun = 0;
     p->head_done = 0;
     p->msg_done = 0;
+    p->in_trailers = 0;
     p->tail[0] = '\0';
     p->tail[1] = '\0';
 }
@@ -267,6 +315,29 @@ static bool crlf_only(const struct http_parser *p, const char *s, size_t n)
         prev = s[i];
     }
     return true;
+}
+
+/*
+ * Obsolete line folding (RFC 9112 5.2): a field line that starts with SP or
+ * HTAB continues the previous one. llhttp 8 unfolds it silently, so
+ * "Transfer-Encoding:\r\n chunked" is chunked here while a proxy that does
+ * not unfold sees an empty Transfer-Encoding: refuse it (400), as 5.2 allows,
+ * rather than replace it. In a header section an LF followed by SP or HTAB is
+ * always a fold (or, after the request line, whitespace llhttp refuses too).
+ * The caller passes only header-section bytes: the head, or the bytes from
+ * the last chunk on, which hold no body.
+ */
+static bool has_fold(const struct http_parser *p, const char *s, size_t n)
+{
+    char prev = p->tail[1];
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (prev == '\n' && (s[i] == ' ' || s[i] == '\t'))
+            return true;
+        prev = s[i];
+    }
+    return false;
 }
 
 /* Remember the last two bytes consumed, across feeds. */
@@ -328,6 +399,17 @@ ssize_t http_feed(struct http_parser *p, const char *data, size_t len, struct ht
         p->err = -EBADMSG;
         return -EBADMSG;
     }
+    /*
+     * A feed that reached the last chunk holds no body bytes: the previous
+     * feed paused after its chunk (on_chunk_complete). Its first byte may
+     * follow a body byte in tail, but then it is not SP or HTAB, or llhttp
+     * had refused it.
+     */
+    if ((was_in_head || (p->in_trailers && p->body.len == 0)) && has_fold(p, data, used)) {
+        p->err = -EBADMSG;
+        p->why = "obsolete line folding";
+        return -EBADMSG;
+    }
     /* llhttp takes a bare LF as the empty line that ends the trailers, too. */
     note_tail(p, data, used);
     if (p->msg_done && http_chunked(p) && (p->tail[0] != '\r' || p->tail[1] != '\n')) {
@@ -349,14 +431,10 @@ const char *http_error_reason(const struct http_parser *p)
     llhttp_errno_t e = llhttp_get_errno(&p->ll);
     const char *r = llhttp_get_error_reason(&p->ll);
 
-    switch (p->err) {
-    case -EMSGSIZE:
+    if (p->why != NULL)
+        return p->why;
+    if (p->err == -EMSGSIZE)
         return "request head too large";
-    case -ENOTSUP:
-        return "CONNECT is not supported";
-    default:
-        break;
-    }
     /* Refusals of our own, made in a callback or after llhttp accepted the bytes. */
     if (e == HPE_CB_HEADERS_COMPLETE)
         return "ambiguous message framing or HTTP version";
@@ -642,9 +720,11 @@ ssize_t http_write_head(char *buf, size_t cap, const struct http_resp *r)
         puts_(&o, r->content_type);
         puts_(&o, "\r\n");
     }
-    puts_(&o, "Content-Length: ");
-    put_u64(&o, r->content_length);
-    puts_(&o, "\r\n");
+    if (r->status != 204 && (r->status < 100 || r->status > 199)) {
+        puts_(&o, "Content-Length: ");
+        put_u64(&o, r->content_length);
+        puts_(&o, "\r\n");
+    }
     if (r->close)
         puts_(&o, "Connection: close\r\n");
     if (r->extra != NULL)

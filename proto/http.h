@@ -72,10 +72,12 @@ struct http_parser {
     struct http_span body;  /* body span found by the current feed */
     uint32_t head_raw;      /* raw head bytes seen for this request */
     int err;                /* error a callback recorded, negative errno */
+    const char *why;        /* what our own refusal (not llhttp's) found, for logs, or NULL */
     uint8_t in_field;       /* 1 while a header name is being copied */
     uint8_t begun;          /* the current request has begun */
     uint8_t head_done;      /* headers of the current request are complete */
     uint8_t msg_done;       /* the current message is complete */
+    uint8_t in_trailers;    /* the last chunk was seen: only trailers and CRLF are left */
     char tail[2];           /* the last two bytes consumed, for the CRLF checks */
 };
 
@@ -97,8 +99,9 @@ size_t http_head_size(const struct http_head *h);
  * Feed bytes. Stops after the first event and returns the number of bytes
  * consumed; call again with the rest (possibly zero bytes: an event may be
  * pending with nothing left to consume). Returns -EBADMSG for a malformed or
- * smuggling-shaped request (400), -EMSGSIZE when the head passes
- * HTTP_HEAD_MAX or HTTP_MAX_HEADERS (431), -ENOTSUP for CONNECT (501). An
+ * smuggling-shaped request (400; obs-fold included), -EMSGSIZE when the head
+ * passes HTTP_HEAD_MAX or HTTP_MAX_HEADERS (431), -ENOTSUP for CONNECT or a
+ * Transfer-Encoding other than a lone "chunked" (501). An
  * Upgrade request is parsed as plain HTTP/1.1: no upgrade is offered. After
  * an error the parser is dead (every later call returns the same error):
  * close the connection. Requires attached head storage.
@@ -174,8 +177,9 @@ struct http_resp {
 };
 
 /*
- * Write a response head into out. Returns the bytes written, or -ENOSPC if
- * cap is too small (out is then unspecified).
+ * Write a response head into out. A 1xx or 204 head carries no
+ * Content-Length (RFC 9110 8.6), whatever r says. Returns the bytes written,
+ * or -ENOSPC if cap is too small (out is then unspecified).
  */
 ssize_t http_write_head(char *out, size_t cap, const struct http_resp *r);
 

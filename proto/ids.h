@@ -16,7 +16,11 @@
 /* A canonical UUID (either case); anything else names no file. */
 bool ids_uuid_ok(const char *s, size_t n);
 
-/* A timestamp in the exact form cursors carry (UTC, microseconds). */
+/*
+ * A timestamp in the exact form cursors carry (UTC, microseconds) that names
+ * a real instant: years 0001-9999, days that exist in their month, hours to
+ * 23, minutes and seconds to 59.
+ */
 bool ids_ts_ok(const char *s, size_t n);
 
 /* Unpadded base64url of in[0..n) into out (room for (n * 4 + 2) / 3 + 1); returns the length. */
@@ -37,6 +41,13 @@ int ids_cursor_encode(char out[IDS_CURSOR_MAX], const char *ts, const char *id);
  */
 int ids_cursor_decode(const char *in, size_t n, char ts[IDS_TS_LEN + 1], char id[IDS_UUID_LEN + 1]);
 
+/*
+ * Whether s[0..n) is UTF-8 text a database column takes: RFC 3629 sequences
+ * only (no overlong forms, no UTF-16 surrogates, nothing past U+10FFFF, no
+ * truncated sequence) and no NUL byte.
+ */
+bool ids_utf8_ok(const char *s, size_t n);
+
 #define IDS_NAME_MAX 255 /* bytes of a stored file name */
 
 /*
@@ -44,8 +55,11 @@ int ids_cursor_decode(const char *in, size_t n, char ts[IDS_TS_LEN + 1], char id
  * %XX decoded; '/', '\\' and control bytes (0x00-0x1f, 0x7f) become '_'; a
  * name of dots only becomes "_"; cut to IDS_NAME_MAX bytes without splitting
  * a UTF-8 sequence; empty becomes "file". Never used as a path. Returns the
- * length written to out (NUL-terminated).
+ * length written to out (NUL-terminated), or -EILSEQ when the decoded name
+ * (all of it, not only the part kept) is not UTF-8 (ids_utf8_ok): the caller
+ * refuses the request (400). out then still holds a valid name, each byte
+ * that broke a sequence turned into '_', for a caller that stores it anyway.
  */
-size_t ids_filename(const char *in, size_t n, char out[IDS_NAME_MAX + 1]);
+int ids_filename(const char *in, size_t n, char out[IDS_NAME_MAX + 1]);
 
 #endif /* PROTO_IDS_H */

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "tests/fuzz/digest.h"
 
@@ -218,13 +219,16 @@ static void on_head(struct run *r)
                 cl_val = cl_val * 10 + (uint64_t)(c - '0');
             }
         } else if (name_is(h, hd, "transfer-encoding")) {
+            /* The only coding taken is a lone "chunked": others are 501, never a head. */
             n_te++;
+            CHECK(hd->val_len == 7 && strncasecmp(h->buf + hd->val_off, "chunked", 7) == 0);
         }
     }
     r->chunked = http_chunked(&r->p);
     r->cl = http_content_length(&r->p);
     CHECK(n_cl <= 1);
     CHECK(!(n_cl && n_te));
+    CHECK(n_te <= 1);
     CHECK(r->chunked == (n_te > 0));
     if (r->chunked)
         CHECK(h->http_minor == 1 && r->cl == 0);

@@ -3,6 +3,7 @@
  * as ids, cursors and query strings. The first byte picks the mode; the rest
  * is split in two at a point taken from the next byte.
  */
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -98,9 +99,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     case 3: {
         char name[IDS_NAME_MAX + 1];
-        size_t n = ids_filename((const char *)data + 2, size - 2, name);
+        int ret = ids_filename((const char *)data + 2, size - 2, name);
+        size_t n = strlen(name);
         size_t i;
-        if (n == 0 || n > IDS_NAME_MAX || strlen(name) != n)
+        /* Refused or not, what is in name is a valid name to store. */
+        if ((ret < 0 && ret != -EILSEQ) || (ret >= 0 && (size_t)ret != n) || n == 0 ||
+            n > IDS_NAME_MAX || !ids_utf8_ok(name, n))
             abort();
         for (i = 0; i < n; i++)
             if (name[i] == '/' || name[i] == '\\' || (unsigned char)name[i] < 0x20 ||

@@ -526,13 +526,18 @@ _DATE_RE = re.compile(r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|Ma
 
 
 def check_basics(resp, head=False):
-    """HTTP/1.1, one Content-Length (matching the body), a Date, no chunking."""
+    """HTTP/1.1, one Content-Length (matching the body; none on 1xx and 204, RFC 9110 8.6),
+    a Date, no chunking."""
     expect_eq("response version", "HTTP/1.1", resp.version)
     cls = resp.hall("Content-Length")
-    expect(len(cls) == 1, "response needs exactly one Content-Length",
-           "one header", "%r (status %d)" % (cls, resp.status))
-    if not head:
-        expect_eq("Content-Length vs body length", int(cls[0]), len(resp.body))
+    if resp.status == 204 or 100 <= resp.status < 200:
+        expect(not cls, "a %d response must not carry Content-Length" % resp.status,
+               "no Content-Length", repr(cls))
+    else:
+        expect(len(cls) == 1, "response needs exactly one Content-Length",
+               "one header", "%r (status %d)" % (cls, resp.status))
+        if not head:
+            expect_eq("Content-Length vs body length", int(cls[0]), len(resp.body))
     expect(not resp.hall("Transfer-Encoding"), "response has Transfer-Encoding",
            "no Transfer-Encoding", repr(resp.hall("Transfer-Encoding")))
     dates = resp.hall("Date")

@@ -1218,6 +1218,9 @@ import uploads  # noqa: E402
 uploads.register(test)
 import load  # noqa: E402
 load.register(test)
+# strict HTTP edges (obs-fold, transfer codings, names, 204, 100 Continue): tests/it/strict.py
+import strict  # noqa: E402
+strict.register(test)
 
 
 # ==========================================================================

@@ -860,6 +860,107 @@ static void test_smuggling(void **state)
     }
 }
 
+/*
+ * Obsolete line folding (RFC 9112 5.2) continues a field value on the next
+ * line. A proxy that does not unfold reads a different field: refused, in the
+ * head before any event, in the trailers before DONE.
+ */
+static void test_obs_fold(void **state)
+{
+    static const char *const bad[] = {
+        "POST / HTTP/1.1\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\tchunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length:\r\n 3\r\n\r\nabc",
+        "POST / HTTP/1.1\r\nContent-Length: 3\r\n \r\n\r\nabc",
+        "GET / HTTP/1.1\r\nX-A: b\r\n\tc\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-A: b\r\n c\r\nHost: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n  \t c\r\n\r\n",
+        "GET / HTTP/1.1\r\n Host: x\r\n\r\n",
+        "GET / HTTP/1.1\r\n\tHost: x\r\n\r\n",
+    };
+    static const char *const trailers[] = {
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: a\r\n b\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: a\r\n\tb\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT:\r\n b\r\n\r\n",
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *got = run_whole(bad[i], strlen(bad[i]), NULL);
+        if (strcmp(got, "ERR -74\n") != 0)
+            fail_msg("obs-fold not refused before the head #%zu: %s\n%s", i, bad[i], got);
+        free(got);
+        check_splits(bad[i]);
+    }
+    for (i = 0; i < sizeof(trailers) / sizeof(trailers[0]); i++) {
+        char *got = run_whole(trailers[i], strlen(trailers[i]), NULL);
+        if (strstr(got, "DONE") != NULL || strstr(got, "ERR -74\n") == NULL)
+            fail_msg("obs-fold in trailers not refused #%zu: %s\n%s", i, trailers[i], got);
+        free(got);
+        check_splits(trailers[i]);
+    }
+    /* Whitespace inside a value and body bytes after an LF are not folds. */
+    expect_whole("GET / HTTP/1.1\r\nX-A: b \t c\r\n\r\n",
+                 "HEAD GET url=[/] path=[/] 1.1 ka=1 cl=0 ch=0 body=0\n X-A: [b \t c]\n"
+                 "DONE ka=1 nhdr=1 body=0 []\n",
+                 NULL);
+    check_splits("POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\n\n \n\t"
+                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "2\r\n\n \r\n2\r\n \t\r\n0\r\nT: 1\r\n\r\n");
+    expect_whole("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n\n \n\r\n0\r\n\r\n",
+                 "HEAD POST url=[/] path=[/] 1.1 ka=1 cl=0 ch=1 body=1\n"
+                 " Transfer-Encoding: [chunked]\n"
+                 "DONE ka=1 nhdr=1 body=3 [\n \n]\n",
+                 NULL);
+    expect_refused("GET / HTTP/1.1\r\nX-A: b\r\n c\r\n\r\n", -EBADMSG);
+}
+
+/*
+ * A transfer coding we do not decode (anything but a lone chunked) would be
+ * stored still encoded: 501 before the head. The list must still end in
+ * chunked (else the framing is unknown: 400, see test_smuggling).
+ */
+static void test_transfer_codings(void **state)
+{
+    static const char *const unsupported[] = {
+        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: deflate,chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: , chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n",
+        "PUT /f HTTP/1.1\r\nTransfer-Encoding: x-custom, chunked\r\n\r\n0\r\n\r\n",
+    };
+    static const char *const chunked[] = {
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\ntransfer-encoding:   ChUnKeD  \r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding:\tchunked\r\n\r\n0\r\n\r\n",
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++) {
+        char *got = run_whole(unsupported[i], strlen(unsupported[i]), NULL);
+        if (strcmp(got, "ERR -95\n") != 0)
+            fail_msg("not refused as not implemented #%zu: %s\n%s", i, unsupported[i], got);
+        free(got);
+        check_splits(unsupported[i]);
+    }
+    for (i = 0; i < sizeof(chunked) / sizeof(chunked[0]); i++) {
+        char *got = run_whole(chunked[i], strlen(chunked[i]), NULL);
+        if (strncmp(got, "HEAD POST", 9) != 0 || strstr(got, "ch=1") == NULL ||
+            strstr(got, "DONE") == NULL)
+            fail_msg("chunked not taken #%zu: %s\n%s", i, chunked[i], got);
+        free(got);
+        check_splits(chunked[i]);
+    }
+}
+
 static void test_error_reasons(void **state)
 {
     struct drv d;
@@ -884,6 +985,16 @@ static void test_error_reasons(void **state)
     drv_init(&d, NULL);
     assert_int_equal(drive(&d, in, strlen(in)), -EBADMSG);
     assert_string_equal(http_error_reason(&d.p), "empty header name");
+    drv_free(&d);
+    in = "GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n";
+    drv_init(&d, NULL);
+    assert_int_equal(drive(&d, in, strlen(in)), -EBADMSG);
+    assert_string_equal(http_error_reason(&d.p), "obsolete line folding");
+    drv_free(&d);
+    in = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+    drv_init(&d, NULL);
+    assert_int_equal(drive(&d, in, strlen(in)), -ENOTSUP);
+    assert_string_equal(http_error_reason(&d.p), "transfer coding other than chunked");
     drv_free(&d);
     in = "CONNECT a:1 HTTP/1.1\r\n\r\n";
     drv_init(&d, NULL);
@@ -1173,7 +1284,17 @@ static void test_write_head(void **state)
     r.status = 204;
     r.date = "Thu, 01 Jan 1970 00:00:00 GMT";
     check_head(&r, "HTTP/1.1 204 No Content\r\nServer: ringup\r\n"
-                   "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n");
+                   "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n");
+
+    /* RFC 9110 8.6: no Content-Length on 1xx and 204, whatever the caller says. */
+    memset(&r, 0, sizeof(r));
+    r.status = 204;
+    r.content_length = 7;
+    r.extra = "Allow: GET\r\n";
+    check_head(&r, "HTTP/1.1 204 No Content\r\nServer: ringup\r\nAllow: GET\r\n\r\n");
+    r.status = 100;
+    r.extra = NULL;
+    check_head(&r, "HTTP/1.1 100 Continue\r\nServer: ringup\r\n\r\n");
 
     memset(&r, 0, sizeof(r));
     r.status = 799;
@@ -1296,6 +1417,8 @@ int main(void)
         cmocka_unit_test(test_trailer_limits),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_smuggling),
+        cmocka_unit_test(test_obs_fold),
+        cmocka_unit_test(test_transfer_codings),
         cmocka_unit_test(test_error_reasons),
         cmocka_unit_test(test_connect),
         cmocka_unit_test(test_upgrade),
