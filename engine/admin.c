@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <libpq-fe.h>
 
@@ -348,6 +349,14 @@ static const char *bad_user(const char *user)
         return "is empty";
     if (n > ADMIN_USER_MAX)
         return "is longer than 64 characters";
+    /*
+     * The server names the owner of ALLOW_ANONYMOUS uploads "anonymous"; a
+     * token of that user would see and delete every anonymous file. Other
+     * spellings are refused too, so no listing or log can confuse the two.
+     */
+    if (strcasecmp(user, ADMIN_ANONYMOUS) == 0)
+        return "is reserved: \"" ADMIN_ANONYMOUS "\" (in any case) owns the uploads that "
+               "ALLOW_ANONYMOUS accepts";
     for (i = 0; i < n; i++) {
         char ch = user[i];
 

@@ -13,7 +13,8 @@
 
 #include "engine/cfg.h"
 
-#define ADMIN_USER_MAX 64 /* longest user name accepted by token create */
+#define ADMIN_USER_MAX 64           /* longest user name accepted by token create */
+#define ADMIN_ANONYMOUS "anonymous" /* owner of ALLOW_ANONYMOUS uploads; no token's user */
 
 /* One schema migration, compiled in from engine/sql/NNNN_name.sql by tools/embed-sql. */
 struct admin_migration {
@@ -37,8 +38,9 @@ int admin_migrate(const struct cfg *c);
 
 /*
  * Create a token for user and store its hash. Prints the token alone on the
- * first line of stdout, a note on stderr. Returns 0, -EINVAL for a bad user
- * name (nothing stored), or another negative errno; errors print one line.
+ * first line of stdout, a note on stderr. Returns 0, -EINVAL for a bad or
+ * reserved (ADMIN_ANONYMOUS, any case) user name (nothing stored), or another
+ * negative errno; errors print one line.
  */
 int admin_token_create(const struct cfg *c, const char *user);
 

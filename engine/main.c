@@ -29,7 +29,8 @@ static void usage(FILE *out)
                  "the same names override it. Precedence: flag > environment > env file > "
                  "default.\n"
                  "migrate creates or upgrades the PostgreSQL schema of DATABASE_URL. token\n"
-                 "create prints a new API token once and stores only its hash; token revoke\n"
+                 "create prints a new API token once and stores only its hash (the user\n"
+                 "\"anonymous\", the owner of ALLOW_ANONYMOUS uploads, is refused); token revoke\n"
                  "takes the token or its first 12 characters (rgu_XXXXXXXX). init-storage\n"
                  "creates STORAGE_DIR's 65,792 shard directories ahead of the first uploads.\n"
                  "Exit status: 0 ok, 1 failure, 2 usage or configuration error.\n");

@@ -319,6 +319,22 @@ def t_token_no_schema(ctx):
         expect_eq("stdout of a failed token create", "", r.out)
 
 
+def t_token_anonymous(ctx):
+    with Db() as db:
+        migrate(ctx, db)
+        for user in ("anonymous", "Anonymous", "ANONYMOUS"):
+            r = ringup(ctx, db.url, "token", "create", "--user", user)
+            expect_rc(r, 2, "token create --user %s" % user)
+            line = one_line_error(r, "token create --user %s" % user)
+            expect("anonymous" in line and "reserved" in line,
+                   "the refusal says the name anonymous is reserved",
+                   "... anonymous ... reserved ...", short(line))
+            expect_eq("stdout of a refused token create", "", r.out)
+        expect_eq("tokens stored after the refused creates", "0",
+                  db.sql("SELECT count(*) FROM api_tokens"))
+        create_token(ctx, db, "anonymous2")
+
+
 def register(test):
     test("db: migrate on an empty database creates the schema at version 1")(t_migrate_empty)
     test("db: migrate twice: the second run applies nothing and exits 0")(t_migrate_twice)
@@ -332,3 +348,5 @@ def register(test):
     test("db: token revoke: ambiguous or unknown -> exit 1, malformed -> exit 2")(
         t_token_revoke_errors)
     test("db: token create before migrate -> exit 1 naming migrate")(t_token_no_schema)
+    test("db: token create --user anonymous (any case) -> exit 2, nothing stored")(
+        t_token_anonymous)
