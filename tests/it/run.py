@@ -1218,6 +1218,9 @@ import uploads  # noqa: E402
 uploads.register(test)
 import load  # noqa: E402
 load.register(test)
+# token lookups under a flood of unknown tokens: tests/it/auth_flood.py
+import auth_flood  # noqa: E402
+auth_flood.register(test)
 
 
 # ==========================================================================
