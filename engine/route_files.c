@@ -11,6 +11,10 @@
  * it, whether the connection is still there or not. Requests with the same
  * uncached token share one lookup (see auth.h for the caps that keep a flood
  * of unknown tokens away from the database).
+ *
+ * Without a token, ALLOW_ANONYMOUS lets a client upload and read a file by
+ * its id as user "anonymous", nothing more: listing, deleting and links
+ * would hand every anonymous file to anyone.
  */
 #include "engine/route.h"
 
@@ -43,7 +47,7 @@
 /* Token lookups in flight never take more than a quarter of a pool's wait queue (auth.h). */
 _Static_assert(AUTH_FLIGHTS <= DB_WAIT_MAX / 4, "token lookups would crowd the database queue");
 
-enum v1_route { V1_LIST, V1_GET, V1_DELETE, V1_PUT, V1_CONTENT };
+enum v1_route { V1_LIST, V1_GET, V1_DELETE, V1_PUT, V1_CONTENT, V1_LINK };
 
 /* One /v1 request in flight between queries; owned by whichever query carries it. */
 struct v1_req {
@@ -362,6 +366,12 @@ static enum route_verdict run_route(struct conn *c, struct v1_req *q)
         free(q);
         return v;
     }
+    case V1_LINK:
+        /* Signed links are not served yet: what a caller with a token gets is no route. */
+        route_error(c, conn_head(c), 404, "not_found", "No route matches this path.", q->close,
+                    NULL);
+        free(q);
+        return ROUTE_ANSWERED;
     case V1_LIST:
         vals[0] = q->user;
         lens[0] = (int)strlen(q->user);
@@ -493,6 +503,12 @@ static enum route_verdict lookup(struct conn *c, const struct http_head *h, stru
     return ROUTE_ANSWERED;
 }
 
+/* What ALLOW_ANONYMOUS opens (API.md): uploads, and reading a file by its id. */
+static bool anonymous_may(enum v1_route route)
+{
+    return route == V1_PUT || route == V1_GET || route == V1_CONTENT;
+}
+
 /* Resolve the caller from the cache, else ask the database. */
 static enum route_verdict authenticate(struct conn *c, const struct http_head *h, struct v1_req *q)
 {
@@ -501,7 +517,7 @@ static enum route_verdict authenticate(struct conn *c, const struct http_head *h
     const char *user;
 
     if (!http_header(h, "authorization", &auth)) {
-        if (r->cfg->allow_anonymous) {
+        if (r->cfg->allow_anonymous && anonymous_may(q->route)) {
             snprintf(q->user, sizeof(q->user), "anonymous");
             return run_route(c, q);
         }
@@ -653,6 +669,12 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
         allow = "Allow: GET, HEAD\r\n";
         if (h->method != HTTP_GET && h->method != HTTP_HEAD)
             goto out_method;
+    } else if (h->method == HTTP_POST && path.len == 10 + ID_LEN + 5 &&
+               memcmp(path.p, "/v1/files/", 10) == 0 &&
+               memcmp(path.p + 10 + ID_LEN, "/link", 5) == 0) {
+        /* Never anonymous: a link would serve the file to whoever holds the URL. */
+        id = path.p + 10;
+        route = V1_LINK;
     } else if (span_eq(path, "/v1/files")) {
         route = V1_LIST;
         allow = "Allow: GET, HEAD\r\n";
@@ -681,7 +703,7 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
     q->route = route;
     q->close = close;
     if (id != NULL) {
-        size_t n = route == V1_CONTENT ? ID_LEN : path.len - 10;
+        size_t n = route == V1_CONTENT || route == V1_LINK ? ID_LEN : path.len - 10;
         if (!ids_uuid_ok(id, n)) {
             /* Not an id this server hands out: no such file (after auth, below). */
             memset(q->id, 0, sizeof(q->id));
