@@ -271,7 +271,16 @@ void met_render(struct prom_buf *b)
     scalar(b, "ringup_auth_cache_hits_total", "counter", "Bearer tokens resolved from cache.",
            SUM(auth_cache_hits));
     scalar(b, "ringup_auth_cache_misses_total", "counter",
-           "Bearer tokens looked up in the database.", SUM(auth_cache_misses));
+           "Bearer tokens not answered from the worker's cache.", SUM(auth_cache_misses));
+    scalar(b, "ringup_auth_lookups_total", "counter", "Token lookups sent to the database.",
+           SUM(auth_lookups));
+    scalar(b, "ringup_auth_coalesced_total", "counter",
+           "Requests answered by another request's token lookup in flight.", SUM(auth_coalesced));
+    scalar(b, "ringup_auth_refused_total", "counter",
+           "Requests answered 503 because too many token lookups were in flight.",
+           SUM(auth_refused));
+    scalar(b, "ringup_auth_strikeouts_total", "counter",
+           "Connections closed after presenting too many bad tokens.", SUM(auth_strikeouts));
     render_db(b);
     render_uploads(b);
 }

@@ -56,7 +56,11 @@ struct met_worker {
     uint64_t req_dur_us_sum;               /* sum of request durations, µs */
     uint64_t db_rejected;                  /* requests refused: database wait queue full */
     uint64_t auth_cache_hits;              /* bearer tokens resolved from the worker's cache */
-    uint64_t auth_cache_misses;            /* bearer tokens looked up in the database */
+    uint64_t auth_cache_misses;            /* bearer tokens not answered from the cache */
+    uint64_t auth_lookups;                 /* token lookups sent to the database */
+    uint64_t auth_coalesced;               /* requests that waited for a lookup in flight */
+    uint64_t auth_refused;                 /* requests refused: too many lookups in flight */
+    uint64_t auth_strikeouts;              /* connections closed for too many bad tokens */
     struct met_db db[MET_DB_POOLS];        /* database pools */
     uint64_t up_started[MET_UP__N];        /* uploads whose file was created, by route */
     uint64_t up_completed[MET_UP__N];      /* uploads answered 201, by route */

@@ -8,11 +8,18 @@
  * Every request first resolves its token (the worker's cache, else one
  * query), then runs one query; each step answers later (ROUTE_PENDING) and
  * carries a struct v1_req through the query's callback, which always frees
- * it, whether the connection is still there or not.
+ * it, whether the connection is still there or not. Requests with the same
+ * uncached token share one lookup (see auth.h for the caps that keep a flood
+ * of unknown tokens away from the database).
+ *
+ * Without a token, ALLOW_ANONYMOUS lets a client upload and read a file by
+ * its id as user "anonymous", nothing more: listing, deleting and links
+ * would hand every anonymous file to anyone.
  */
 #include "engine/route.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -37,10 +44,14 @@
 #define LIST_MAX 1000   /* largest ?limit */
 #define BEARER "Bearer "
 
-enum v1_route { V1_LIST, V1_GET, V1_DELETE, V1_PUT, V1_CONTENT };
+/* Token lookups in flight never take more than a quarter of a pool's wait queue (auth.h). */
+_Static_assert(AUTH_FLIGHTS <= DB_WAIT_MAX / 4, "token lookups would crowd the database queue");
+
+enum v1_route { V1_LIST, V1_GET, V1_DELETE, V1_PUT, V1_CONTENT, V1_LINK };
 
 /* One /v1 request in flight between queries; owned by whichever query carries it. */
 struct v1_req {
+    struct auth_wait wait; /* linked while it waits for a token lookup */
     struct ring *ring;
     uint64_t conn; /* conn_ref() of the requester */
     enum v1_route route;
@@ -355,6 +366,12 @@ static enum route_verdict run_route(struct conn *c, struct v1_req *q)
         free(q);
         return v;
     }
+    case V1_LINK:
+        /* Signed links are not served yet: what a caller with a token gets is no route. */
+        route_error(c, conn_head(c), 404, "not_found", "No route matches this path.", q->close,
+                    NULL);
+        free(q);
+        return ROUTE_ANSWERED;
     case V1_LIST:
         vals[0] = q->user;
         lens[0] = (int)strlen(q->user);
@@ -378,28 +395,59 @@ static void unauthorized(struct conn *c, const struct http_head *h, bool close)
                 "WWW-Authenticate: Bearer\r\n");
 }
 
+/*
+ * A bad token (malformed or unknown): 401. Past AUTH_STRIKES_MAX on one
+ * connection the 401 closes it: a client that keeps presenting tokens is
+ * guessing, and must pay a new connection for each further few guesses.
+ */
+static void refuse_token(struct conn *c, const struct http_head *h, struct v1_req *q)
+{
+    bool close = q->close;
+
+    if (auth_strike(&q->ring->auth, q->conn) >= AUTH_STRIKES_MAX && !close) {
+        met_inc(&q->ring->met.auth_strikeouts);
+        close = true;
+    }
+    unauthorized(c, h, close);
+}
+
+static struct v1_req *req_of(struct auth_wait *w)
+{
+    return (struct v1_req *)((char *)w - offsetof(struct v1_req, wait));
+}
+
+/* A token lookup answered: its answer goes to every request that waited for it. */
 static void on_token(void *ud, uint64_t tag, PGresult *res, int err)
 {
-    struct v1_req *q = ud;
-    struct conn *c = requester(q);
+    struct auth_wait *w = auth_flight_end(ud);
+    struct v1_req *first = req_of(w);
+    struct ring *r = first->ring;
+    const char *user = NULL;
 
     (void)tag;
-    if (c == NULL)
-        return;
-    if (err != 0) {
-        unavailable(c, err, q->close);
-        done(c, q);
-        return;
+    if (err == 0 && PQntuples(res) > 0)
+        user = PQgetvalue(res, 0, 0);
+    if (err == 0)
+        auth_cache_put(&r->auth, first->hash, user, r->now_ms);
+    while (w != NULL) {
+        struct v1_req *q = req_of(w);
+        struct conn *c;
+
+        w = w->next;
+        c = requester(q);
+        if (c == NULL)
+            continue;
+        if (err != 0) {
+            unavailable(c, err, q->close);
+            done(c, q);
+        } else if (user == NULL) {
+            refuse_token(c, conn_head(c), q);
+            done(c, q);
+        } else {
+            snprintf(q->user, sizeof(q->user), "%s", user);
+            run(c, q);
+        }
     }
-    if (PQntuples(res) == 0) {
-        auth_cache_put(&q->ring->auth, q->hash, NULL, q->ring->now_ms);
-        unauthorized(c, conn_head(c), q->close);
-        done(c, q);
-        return;
-    }
-    snprintf(q->user, sizeof(q->user), "%s", PQgetvalue(res, 0, 0));
-    auth_cache_put(&q->ring->auth, q->hash, q->user, q->ring->now_ms);
-    run(c, q);
 }
 
 /* Continue after the token lookup answered: the route runs, or answers at once. */
@@ -411,18 +459,65 @@ static void run(struct conn *c, struct v1_req *q)
     /* ROUTE_PENDING: the route's callback resumes the connection. */
 }
 
+/*
+ * Ask the database who owns q's token, or wait for the lookup of the same
+ * token already in flight. known: the token was valid lately (a renewal,
+ * outside the cap on unknown tokens). Past the cap the request is refused
+ * with 503 at once: queueing it would hand the database's wait queue to
+ * whoever sends the most unknown tokens.
+ */
+static enum route_verdict lookup(struct conn *c, const struct http_head *h, struct v1_req *q,
+                                 bool known)
+{
+    struct ring *r = q->ring;
+    struct auth_flight *f;
+    const char *vals[1];
+    int lens[1];
+    bool started;
+    int ret;
+
+    f = auth_flight_join(&r->auth, q->hash, known, &q->wait, &started);
+    if (f == NULL) {
+        met_inc(&r->met.auth_refused);
+        route_error(c, h, 503, "overloaded", "Too many token lookups are in flight; retry later.",
+                    q->close, "Retry-After: 1\r\n");
+        free(q);
+        return ROUTE_ANSWERED;
+    }
+    if (!started) {
+        met_inc(&r->met.auth_coalesced);
+        return ROUTE_PENDING;
+    }
+    met_inc(&r->met.auth_lookups);
+    vals[0] = (const char *)q->hash;
+    lens[0] = TOK_HASH_LEN;
+    ret = db_query(&r->db[0], DB_TOKEN_LOOKUP, vals, lens, 1, 1, true, on_token, f, q->conn);
+    if (ret == 0)
+        return ROUTE_PENDING;
+    /* Nobody joined meanwhile (same loop turn): q is the flight's only waiter. */
+    auth_flight_end(f);
+    if (ret == -EAGAIN)
+        met_inc(&r->met.db_rejected);
+    unavailable(c, ret, q->close);
+    free(q);
+    return ROUTE_ANSWERED;
+}
+
+/* What ALLOW_ANONYMOUS opens (API.md): uploads, and reading a file by its id. */
+static bool anonymous_may(enum v1_route route)
+{
+    return route == V1_PUT || route == V1_GET || route == V1_CONTENT;
+}
+
 /* Resolve the caller from the cache, else ask the database. */
 static enum route_verdict authenticate(struct conn *c, const struct http_head *h, struct v1_req *q)
 {
     struct ring *r = q->ring;
     struct http_span auth;
     const char *user;
-    const char *vals[1];
-    int lens[1];
-    int ret;
 
     if (!http_header(h, "authorization", &auth)) {
-        if (r->cfg->allow_anonymous) {
+        if (r->cfg->allow_anonymous && anonymous_may(q->route)) {
             snprintf(q->user, sizeof(q->user), "anonymous");
             return run_route(c, q);
         }
@@ -432,32 +527,29 @@ static enum route_verdict authenticate(struct conn *c, const struct http_head *h
     }
     if (auth.len <= sizeof(BEARER) - 1 || strncasecmp(auth.p, BEARER, sizeof(BEARER) - 1) != 0 ||
         !tok_wellformed(auth.p + sizeof(BEARER) - 1, auth.len - (sizeof(BEARER) - 1))) {
-        unauthorized(c, h, q->close);
+        refuse_token(c, h, q);
         free(q);
         return ROUTE_ANSWERED;
     }
     tok_hash(auth.p + sizeof(BEARER) - 1, auth.len - (sizeof(BEARER) - 1), q->hash);
-    if (auth_cache_get(&r->auth, q->hash, r->now_ms, &user)) {
+    switch (auth_cache_get(&r->auth, q->hash, r->now_ms, &user)) {
+    case AUTH_VALID:
         met_inc(&r->met.auth_cache_hits);
-        if (user[0] == '\0') {
-            unauthorized(c, h, q->close);
-            free(q);
-            return ROUTE_ANSWERED;
-        }
         snprintf(q->user, sizeof(q->user), "%s", user);
         return run_route(c, q);
+    case AUTH_INVALID:
+        met_inc(&r->met.auth_cache_hits);
+        refuse_token(c, h, q);
+        free(q);
+        return ROUTE_ANSWERED;
+    case AUTH_EXPIRED:
+        met_inc(&r->met.auth_cache_misses);
+        return lookup(c, h, q, true);
+    case AUTH_MISS:
+        break;
     }
     met_inc(&r->met.auth_cache_misses);
-    vals[0] = (const char *)q->hash;
-    lens[0] = TOK_HASH_LEN;
-    ret = db_query(&r->db[0], DB_TOKEN_LOOKUP, vals, lens, 1, 1, true, on_token, q, q->conn);
-    if (ret == 0)
-        return ROUTE_PENDING;
-    if (ret == -EAGAIN)
-        met_inc(&r->met.db_rejected);
-    unavailable(c, ret, q->close);
-    free(q);
-    return ROUTE_ANSWERED;
+    return lookup(c, h, q, false);
 }
 
 /*
@@ -584,6 +676,12 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
         allow = "Allow: GET, HEAD\r\n";
         if (h->method != HTTP_GET && h->method != HTTP_HEAD)
             goto out_method;
+    } else if (h->method == HTTP_POST && path.len == 10 + ID_LEN + 5 &&
+               memcmp(path.p, "/v1/files/", 10) == 0 &&
+               memcmp(path.p + 10 + ID_LEN, "/link", 5) == 0) {
+        /* Never anonymous: a link would serve the file to whoever holds the URL. */
+        id = path.p + 10;
+        route = V1_LINK;
     } else if (span_eq(path, "/v1/files")) {
         route = V1_LIST;
         allow = "Allow: GET, HEAD\r\n";
@@ -612,7 +710,7 @@ enum route_verdict route_v1(struct conn *c, const struct http_head *h, const str
     q->route = route;
     q->close = close;
     if (id != NULL) {
-        size_t n = route == V1_CONTENT ? ID_LEN : path.len - 10;
+        size_t n = route == V1_CONTENT || route == V1_LINK ? ID_LEN : path.len - 10;
         if (!ids_uuid_ok(id, n)) {
             /* Not an id this server hands out: no such file (after auth, below). */
             memset(q->id, 0, sizeof(q->id));

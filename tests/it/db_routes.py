@@ -632,10 +632,11 @@ def t_auth_anonymous(ctx):
                 ("--allow-anonymous true", ("--allow-anonymous", "true"), None,
                  ("ALLOW_ANONYMOUS",))):
             s = db_server(ctx, db, *args, env=env, unset=unset)
-            doc = listing(s.port, None, what="%s: GET /v1/files without Authorization" % how)
-            expect_eq("%s: anonymous listing" % how, [anon_id], ids(doc))
-            ok_json(api(s.port, "GET", "/v1/files/" + anon_id),
-                    "%s: GET anonymous's file without Authorization" % how)
+            expect_401(api(s.port, "GET", "/v1/files"),
+                       "%s: GET /v1/files without Authorization (no listing)" % how)
+            doc = ok_json(api(s.port, "GET", "/v1/files/" + anon_id),
+                          "%s: GET anonymous's file without Authorization" % how)
+            expect_eq("%s: anonymous's file by id" % how, anon_id, doc.get("id"))
             expect_error(api(s.port, "GET", "/v1/files/" + a_id), 404, "not_found")
             expect_eq("%s: alice's listing with her token" % how, [a_id],
                       ids(listing(s.port, tok)))
@@ -644,6 +645,44 @@ def t_auth_anonymous(ctx):
             expect_401(api(s.port, "GET", "/v1/files", auth="Bearer nope"),
                        "%s: GET /v1/files with a malformed token" % how)
             s.stop()
+
+
+@_test("db: auth: ALLOW_ANONYMOUS=true opens uploads and reads by id only: listing, DELETE "
+       "and links without Authorization -> 401")
+def t_auth_anonymous_limits(ctx):
+    with TestDb(ctx) as db:
+        tok = db.token("alice")
+        a_id = db.add_file("alice", name="alice.txt")
+        anon_id = db.add_file("anonymous", name="anon.txt")
+        storage = os.path.join(harness.tmpdir(), "store")
+        os.mkdir(storage)
+        s = db_server(ctx, db, "--storage-dir", storage, env={"ALLOW_ANONYMOUS": "true"},
+                      unset=())
+        r = api(s.port, "HEAD", "/v1/files")
+        ctx_of("HEAD /v1/files without Authorization", expect_status, r, 401, True)
+        for method, path in (("GET", "/v1/files"), ("GET", "/v1/files?limit=1000"), ("DELETE", "/v1/files/" + anon_id),
+                             ("DELETE", "/v1/files/" + a_id),
+                             ("POST", "/v1/files/%s/link" % anon_id)):
+            expect_401(api(s.port, method, path), "%s %s without Authorization" % (method, path))
+        expect_eq("anonymous's rows after an anonymous DELETE", 1, db.file_count(anon_id))
+        # What stays open: an upload, and reading that file by its id.
+        body = b"anonymous bytes\n" * 64
+        r = http(s.port, "PUT", "/v1/files/anon.bin", [("Content-Length", str(len(body)))],
+                 body)
+        doc = ok_json(r, "PUT /v1/files/anon.bin without Authorization", status=201)
+        fid = doc.get("id")
+        expect_eq("owner of the anonymous upload", "anonymous",
+                  db.scalar("select owner from files where id = %s" % q(fid)))
+        meta = ok_json(api(s.port, "GET", "/v1/files/" + fid),
+                       "GET /v1/files/{id} of the anonymous upload without Authorization")
+        expect_eq("size of the anonymous upload", len(body), meta.get("size"))
+        r = api(s.port, "GET", "/v1/files/%s/content" % fid)
+        expect_status(r, 200)
+        expect_eq("content of the anonymous upload", body, r.body)
+        expect_error(api(s.port, "GET", "/v1/files/" + a_id), 404, "not_found")
+        # A token still gets its own user's everything.
+        expect_eq("alice's listing with her token", [a_id], ids(listing(s.port, tok)))
+        expect_error(api(s.port, "POST", "/v1/files/%s/link" % a_id, tok), 404, "not_found")
 
 
 # ==========================================================================
@@ -1015,9 +1054,10 @@ def t_terminate_backends(ctx):
 def t_database_down(ctx):
     pg_server()  # like every db test, fails without DATABASE_URL
     down = {"DATABASE_URL": "postgresql:///ringup?host=/nonexistent-ringup-db"}
-    # without a token lookup (anonymous): the route's own query fails
+    # without a token lookup (anonymous reads by id): the route's own query fails
     s = ctx.server("--allow-anonymous", "true", env=down)
-    for path in ("/v1/files", "/v1/files/" + str(uuid.uuid4())):
+    fid = str(uuid.uuid4())
+    for path in ("/v1/files/" + fid, "/v1/files/%s/content" % fid):
         t = time.monotonic()
         r = api(s.port, "GET", path, timeout=10.0)
         secs = time.monotonic() - t

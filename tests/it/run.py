@@ -1221,6 +1221,9 @@ load.register(test)
 # strict HTTP edges (obs-fold, transfer codings, names, 204, 100 Continue): tests/it/strict.py
 import strict  # noqa: E402
 strict.register(test)
+# token lookups under a flood of unknown tokens: tests/it/auth_flood.py
+import auth_flood  # noqa: E402
+auth_flood.register(test)
 
 
 # ==========================================================================
