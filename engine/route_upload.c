@@ -136,9 +136,10 @@ static void close_file(struct upload *u, struct ufile *f)
     f->fd = -1;
 }
 
-/* Give back what the transfer borrowed. */
+/* Give back what the transfer borrowed, and leave the queues it may wait in. */
 static void release_xfer(struct upload *u)
 {
+    xfer_cancel(u->ring, u->conn);
     if (u->piped)
         xfer_pipe_put(u->ring, u->pipe, u->in_pipe == 0);
     u->piped = false;
@@ -531,6 +532,12 @@ static void splice_next(struct conn *c, int res)
     uint32_t n;
     int err;
 
+    if (res == -ETIMEDOUT) {
+        /* Every pipe stayed lent for CONNECTION_TIMEOUT: the client may retry later. */
+        fail(c, u, 503, "overloaded", "The server is busy; retry later.");
+        conn_resume(c);
+        return;
+    }
     if (res < 0) {
         conn_close(c);
         return;
@@ -699,6 +706,12 @@ static void direct_readable(struct conn *c, int res)
 {
     struct upload *u = c->rdata;
 
+    if (res == -ETIMEDOUT) {
+        /* Every buffer stayed lent for CONNECTION_TIMEOUT: the client may retry later. */
+        fail(c, u, 503, "overloaded", "The server is busy; retry later.");
+        conn_resume(c);
+        return;
+    }
     if (res < 0) {
         conn_close(c);
         return;
