@@ -14,11 +14,12 @@
  * A raw body with a Content-Length takes one of three paths once the bytes
  * received with the head are written: spliced socket -> pooled pipe -> file
  * (SPLICE_UPLOADS, never entering user space), or, from DIRECT_IO_THRESHOLD
- * bytes on, read into a registered aligned buffer and written with O_DIRECT
- * (the page cache is the wall for large bodies); else the buffered path, as
- * chunked and multipart bodies. Files are direct descriptors where the kernel
- * can install one as a file for the link step (6.8), so an upload in flight
- * holds no process descriptor but its socket's none either.
+ * bytes on and when a buffer is free at once, read into a registered aligned
+ * buffer and written with O_DIRECT (the page cache is the wall for large
+ * bodies), the buffer given back whenever the socket runs dry; else the
+ * buffered path, as chunked and multipart bodies. Files are direct descriptors
+ * where the kernel can install one as a file for the link step (6.8), so an
+ * upload in flight holds no process descriptor but its socket's none either.
  *
  * The upload's state is the connection's rdata while the connection owns it
  * (freed, files dropped, if the connection closes first); it moves to the
@@ -33,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -371,6 +373,7 @@ static void on_open(struct conn *c, int res)
     }
     if (res == -EINVAL && u->mode == MODE_DIRECT) {
         /* This filesystem takes no O_DIRECT: the page cache it is. */
+        release_xfer(u);
         u->mode = u->ring->cfg->splice_uploads ? MODE_SPLICE : MODE_BUFFERED;
         conn_detach_body(c, u->mode == MODE_SPLICE ? splice_begin : NULL);
         submit_open(c, u);
@@ -639,14 +642,11 @@ static bool direct_borrow(struct conn *c, struct upload *u, conn_op_fn fn)
     return true;
 }
 
-/* The file is open: borrow a buffer before the first body byte. */
+/* The file is open, the buffer lent at the door: let the body come. */
 static void direct_begin(struct conn *c, int res)
 {
-    struct upload *u = c->rdata;
-
     (void)res;
-    if (direct_borrow(c, u, direct_begin))
-        raw_body_begin(c);
+    raw_body_begin(c);
 }
 
 /* Write len bytes (a multiple of XFER_ALIGN) from the buffer's start at doff. */
@@ -788,14 +788,18 @@ static void on_direct_read(struct conn *c, int res)
     struct upload *u = c->rdata;
     uint32_t aligned;
 
-    if (res <= 0) {
+    if (res == -EAGAIN) {
+        /* The socket is empty: wait for it without the buffer (below). */
+        res = 0;
+    } else if (res <= 0) {
         /* The client went away mid-body (0) or the socket failed: nobody to answer. */
         conn_close(c);
         return;
     }
     u->fill += (uint32_t)res;
     u->left -= (uint64_t)res;
-    conn_io_progress(c, (uint64_t)res, true);
+    if (res > 0)
+        conn_io_progress(c, (uint64_t)res, true);
     if (u->left == 0) {
         direct_finish(c, u);
         return;
@@ -808,7 +812,11 @@ static void on_direct_read(struct conn *c, int res)
         direct_read(c, u);
         return;
     }
-    /* A short read: the client is slower than the disk; do not sit on a shared buffer. */
+    /*
+     * A short read (or none): the client is slower than the disk. A buffer is never
+     * held while the socket is waited for, or sixteen clients that trickle would
+     * hold every buffer of the worker.
+     */
     aligned = u->fill & ~(XFER_ALIGN - 1);
     u->yielding = true;
     if (aligned > 0)
@@ -817,14 +825,18 @@ static void on_direct_read(struct conn *c, int res)
         direct_yield(c, u);
 }
 
+/*
+ * Read what the socket holds now into the buffer. MSG_DONTWAIT: an empty socket
+ * completes with -EAGAIN instead of parking the read (and the buffer) in the
+ * kernel until the client sends again.
+ */
 static void direct_read(struct conn *c, struct upload *u)
 {
     uint32_t room = XFER_DBUF_SIZE - u->fill;
     uint32_t n = u->left < room ? (uint32_t)u->left : room;
     struct io_uring_sqe *sqe = conn_op_sqe(c, on_direct_read);
 
-    /* Offset 0: a socket has no position. */
-    io_uring_prep_read_fixed(sqe, c->fd, dbuf(u) + u->fill, n, 0, u->dbuf);
+    io_uring_prep_recv(sqe, c->fd, dbuf(u) + u->fill, n, MSG_DONTWAIT);
     sqe->flags |= IOSQE_FIXED_FILE;
 }
 
@@ -1021,6 +1033,12 @@ static void resume_feed(struct conn *c, struct upload *u)
 
 /* ---- the route's entry points ---- */
 
+/* The page-cache path of a raw body of expected bytes: spliced, or written from the buffers. */
+static enum up_mode cached_mode(const struct ring *r, uint64_t expected)
+{
+    return r->cfg->splice_uploads && expected >= SPLICE_MIN ? MODE_SPLICE : MODE_BUFFERED;
+}
+
 /*
  * How a raw body of expected bytes (0: chunked or empty) reaches the file. A small
  * body is in the receive buffers by the time its file is open: a splice pair (two
@@ -1033,7 +1051,7 @@ static enum up_mode raw_mode(const struct ring *r, uint64_t expected)
     if (r->cfg->direct_io_threshold > 0 && expected >= r->cfg->direct_io_threshold &&
         xfer_direct(r))
         return MODE_DIRECT;
-    return r->cfg->splice_uploads && expected >= SPLICE_MIN ? MODE_SPLICE : MODE_BUFFERED;
+    return cached_mode(r, expected);
 }
 
 enum route_verdict route_upload_begin(struct conn *c, const char *user, const char *name,
@@ -1079,6 +1097,17 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     conn_set_reap(c, upload_reap);
     if (!multipart) {
         u->mode = raw_mode(r, expected);
+        if (u->mode == MODE_DIRECT) {
+            /*
+             * The buffer now or not at all: a body queued for one would hold its
+             * receive buffers, a file and a slot while others write theirs.
+             */
+            u->dbuf = xfer_dbuf_get(c, NULL);
+            if (u->dbuf < 0) {
+                met_inc(&r->met.dbuf_fallbacks);
+                u->mode = cached_mode(r, expected);
+            }
+        }
         /* Stop receiving now: what is not in the receive buffers yet is the route's to read. */
         if (u->mode == MODE_SPLICE)
             conn_detach_body(c, splice_begin);
