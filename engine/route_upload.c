@@ -52,6 +52,7 @@
 #define FIELDS_MAX 65536   /* bytes of non-file form fields a request may carry */
 #define DIRECT_YIELD 32768 /* a read this short is a slow client: it gives its buffer back */
 #define SPLICE_MIN 65536   /* smaller bodies mostly come with the head: buffered (measured) */
+#define FORM_SLACK 65536   /* form bytes besides files, fields and file part heads (form_max) */
 
 enum up_mode {
     MODE_BUFFERED, /* written from the receive buffers */
@@ -86,6 +87,8 @@ struct upload {
     const char *in;       /* multipart: what is left of the span being parsed */
     size_t inlen;
     uint64_t field_bytes; /* multipart: bytes of non-file fields */
+    uint64_t body;        /* body bytes seen by route_body() */
+    uint64_t body_max;    /* the most the body may carry: form_max(), or MAX_FILE_SIZE */
     struct ufile *cur;    /* the file being written, NULL between files */
     uint32_t nfiles;      /* files begun */
     uint32_t maxfiles;    /* MAX_FILES_PER_REQUEST (1 for a raw body) */
@@ -1054,6 +1057,22 @@ static enum up_mode raw_mode(const struct ring *r, uint64_t expected)
     return cached_mode(r, expected);
 }
 
+/*
+ * The most a form's body may carry, framing included: MAX_FILES_PER_REQUEST
+ * full files, each with a part header block and delimiter at their limits,
+ * FIELDS_MAX of other fields' values, and FORM_SLACK for everything else
+ * (preamble, epilogue, the fields' headers and delimiters, the close
+ * delimiter). A browser's form needs a few hundred bytes of that slack; 64 KiB
+ * leaves room for hand-made forms while bounding what parts without a file,
+ * which no other limit counts, can make a worker parse.
+ */
+static uint64_t form_max(const struct ring *r)
+{
+    uint64_t part = r->cfg->max_file_size + MP_HEADER_MAX + MP_CARRY_MAX;
+
+    return part * r->cfg->max_files_per_request + FIELDS_MAX + FORM_SLACK;
+}
+
 enum route_verdict route_upload_begin(struct conn *c, const char *user, const char *name,
                                       uint64_t expected, bool close)
 {
@@ -1082,6 +1101,12 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     }
     if (multipart)
         maxfiles = r->cfg->max_files_per_request;
+    if (multipart && expected > form_max(r)) {
+        route_error(c, h, 413, "too_large",
+                    "The form is larger than MAX_FILES_PER_REQUEST files of MAX_FILE_SIZE.", true,
+                    NULL);
+        return ROUTE_ANSWERED;
+    }
     u = calloc(1, sizeof(*u) + maxfiles * sizeof(u->files[0]));
     if (u == NULL)
         log_oom();
@@ -1090,6 +1115,7 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     u->route = h->method == HTTP_PUT ? MET_UP_PUT : MET_UP_POST;
     u->close = close;
     u->max = r->cfg->max_file_size;
+    u->body_max = multipart ? form_max(r) : r->cfg->max_file_size;
     u->maxfiles = maxfiles;
     snprintf(u->user, sizeof(u->user), "%s", user);
     u->dbuf = -1;
@@ -1130,6 +1156,14 @@ enum route_verdict route_body(struct conn *c, struct http_span body)
 
     if (u == NULL)
         return ROUTE_ANSWERED;
+    /* Checked before the bytes are parsed: a chunked body has no length to check at the door. */
+    u->body += body.len;
+    if (u->body > u->body_max) {
+        fail(c, u, 413, "too_large",
+             u->mp != NULL ? "The form is larger than MAX_FILES_PER_REQUEST files of MAX_FILE_SIZE."
+                           : "The file is larger than MAX_FILE_SIZE.");
+        return ROUTE_ANSWERED;
+    }
     if (u->mp == NULL && u->mode == MODE_DIRECT) {
         u->in = body.p;
         u->inlen = body.len;

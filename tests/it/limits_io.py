@@ -1,5 +1,5 @@
 """Integration tests of what one client may hold or cause on a worker: O_DIRECT
-buffers held by clients that trickle.
+buffers held by clients that trickle, and the bytes one form may carry.
 
 Each test makes its own database, storage directory, user and server (uploads.Env).
 Outcomes only: which request is answered, with what, and what is left on disk and in
@@ -16,7 +16,7 @@ import db_routes
 import harness
 import uploads
 from harness import Conn, Fail, expect, expect_eq, expect_status
-from uploads import KIB, MIB, Env, answered, body_of, get_content
+from uploads import KIB, MIB, Env, answered, body_of, error_of, get_content
 
 _TESTS = harness.Tests()
 register = _TESTS.register
@@ -152,3 +152,91 @@ def t_direct_trickle(ctx):
         expect_eq("O_DIRECT buffers lent at the end", 0,
                   gauge(env.port, "ringup_direct_buffers_in_use"))
         env.still_serving("after the trickling uploads")
+
+
+# ==========================================================================
+# the bytes one form may carry
+
+MAX_FILE = 65536
+MAX_FILES = 2
+# form_max() in engine/route_upload.c: files with their part heads at the limits
+# (MP_HEADER_MAX + MP_CARRY_MAX), FIELDS_MAX, 64 KiB of slack.
+FORM_CAP = MAX_FILES * (MAX_FILE + 8192 + 91) + 65536 + 65536
+BOUNDARY = "----ringupLimit"
+
+
+def part(field, filename, data):
+    disp = 'form-data; name="%s"' % field
+    if filename is not None:
+        disp += '; filename="%s"' % filename
+    return (b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: " + disp.encode() +
+            b"\r\n\r\n" + data + b"\r\n")
+
+
+def closing():
+    return b"--" + BOUNDARY.encode() + b"--\r\n"
+
+
+def post_head(token, length=None):
+    lines = ["POST /v1/uploads HTTP/1.1", "Host: t", "Authorization: Bearer %s" % token,
+             "Content-Type: multipart/form-data; boundary=%s" % BOUNDARY]
+    lines.append("Content-Length: %d" % length if length is not None
+                 else "Transfer-Encoding: chunked")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def post_chunked(port, token, body, what):
+    """A form sent chunked in 16 KiB chunks; sending stops once the server answers."""
+    c = Conn(port, timeout=20.0)
+    try:
+        c.send(post_head(token))
+        sent, _ = uploads.send_body(c, uploads.chunk_body(body, (16384,)), piece=64 * KIB,
+                                    timeout=20.0)
+        r = c.read_response(what="%s (%d body bytes sent)" % (what, sent), timeout=20.0)
+    finally:
+        c.close()
+    return r
+
+
+@_test("limits io: a form's whole body is capped at MAX_FILES_PER_REQUEST x MAX_FILE_SIZE plus "
+       "part heads, FIELDS_MAX and 64 KiB: chunked preamble, epilogue or empty-file parts "
+       "past it -> 413, nothing stored; a Content-Length past it -> 413 before the body")
+def t_form_cap(ctx):
+    with db_routes.TestDb(ctx) as db:
+        env = Env(ctx, db, "--max-file-size", MAX_FILE, "--max-files-per-request", MAX_FILES)
+        small = body_of(1000)
+        huge = b"x" * (FORM_CAP + MIB)
+        empty_parts = b"".join(part("e%d" % i, "", b"") for i in range(FORM_CAP // 60 + 100))
+        cases = (
+            ("a chunked form with a huge preamble",
+             huge + b"\r\n" + part("f", "a.bin", small) + closing()),
+            ("a chunked form with a huge epilogue",
+             part("f", "a.bin", small) + closing() + huge),
+            ("a chunked form with many parts of empty file inputs",
+             empty_parts + part("f", "a.bin", small) + closing()),
+        )
+        for what, body in cases:
+            r = post_chunked(env.port, env.token, body, what)
+            error_of(r, 413, "too_large", what)
+        env.settle(set(), "after the refused forms")
+
+        # Content-Length past the cap: answered from the head, no body sent at all.
+        what = "a form with Content-Length %d" % (FORM_CAP + 1)
+        c = Conn(env.port, timeout=10.0)
+        try:
+            c.send(post_head(env.token, FORM_CAP + 1))
+            r = c.read_response(what=what + " (only its head sent)", timeout=10.0)
+        finally:
+            c.close()
+        error_of(r, 413, "too_large", what)
+
+        # A full form at the limits still fits.
+        full = body_of(MAX_FILE)
+        body = (b"preamble\r\n" + part("note", None, b"n" * 1000) + part("a", "a.bin", full) +
+                part("b", "b.bin", full) + closing() + b"epilogue")
+        r = post_chunked(env.port, env.token, body, "a full form (chunked)")
+        expect_status(r, 201)
+        ids = {f["id"] for f in r.json()["files"]}
+        expect_eq("files of the full form", 2, len(ids))
+        env.settle(ids, "after the full form")
+        env.still_serving("after the forms")
