@@ -117,6 +117,13 @@ static void render_uploads(struct prom_buf *b)
            SUM(dbufs_total));
     scalar(b, "ringup_direct_buffer_waits_total", "counter",
            "O_DIRECT reads that waited for a free buffer.", SUM(dbuf_waits));
+    scalar(b, "ringup_direct_buffer_fallbacks_total", "counter",
+           "Bodies over DIRECT_IO_THRESHOLD that found every O_DIRECT buffer lent and took "
+           "the page-cache path instead of waiting.",
+           SUM(dbuf_fallbacks));
+    scalar(b, "ringup_transfer_wait_timeouts_total", "counter",
+           "Waits for a splice pipe or an O_DIRECT buffer cut after CONNECTION_TIMEOUT.",
+           SUM(xfer_wait_timeouts));
     for (i = 0; i <= MET_DUR_BUCKETS; i++)
         counts[i] = sum(offsetof(struct met_worker, up_dur) + i * sizeof(uint64_t));
     prom_family(b, "ringup_upload_duration_seconds", "histogram",

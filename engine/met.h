@@ -77,7 +77,9 @@ struct met_worker {
     uint64_t dbufs_in_use;                    /* gauge: O_DIRECT buffers lent out */
     uint64_t dbufs_total;                     /* gauge: O_DIRECT buffers */
     uint64_t dbuf_waits;                      /* O_DIRECT reads that waited for a free buffer */
-    uint64_t up_dur[MET_DUR_BUCKETS + 1];     /* upload duration histogram (head to 201) */
+    uint64_t dbuf_fallbacks;     /* O_DIRECT-sized bodies that found no buffer: page cache */
+    uint64_t xfer_wait_timeouts; /* waits for a pipe or buffer cut at CONNECTION_TIMEOUT */
+    uint64_t up_dur[MET_DUR_BUCKETS + 1]; /* upload duration histogram (head to 201) */
     uint64_t up_dur_us_sum;
 };
 

@@ -36,6 +36,7 @@ struct download {
     uint64_t end; /* one past the last byte to send */
     char *buf;    /* buffered path: DL_CHUNK bytes the read in flight fills, NULL before */
     struct ring *ring;
+    uint64_t conn;         /* conn_ref() of the reader, to leave xfer's queues */
     struct xfer_pipe pipe; /* lent while a splice pair runs */
     bool piped;
     uint32_t in_pipe; /* bytes in the pipe not yet sent */
@@ -50,6 +51,7 @@ static void dl_free(void *p)
 
     if (d->fd >= 0)
         close(d->fd);
+    xfer_cancel(d->ring, d->conn);
     if (d->piped)
         xfer_pipe_put(d->ring, d->pipe, d->in_pipe == 0);
     free(d->buf);
@@ -339,6 +341,7 @@ enum route_verdict route_download_begin(struct conn *c, const char *key, uint64_
                               "Content-Range: bytes %llu-%llu/%llu\r\n", (unsigned long long)first,
                               (unsigned long long)last, (unsigned long long)size);
     disposition(d->extra + x, sizeof(d->extra) - x, name);
+    d->conn = conn_ref(c);
     conn_set_rdata(c, d, dl_gone);
     conn_set_reap(c, dl_reap);
     sqe = conn_op_sqe(c, on_open);

@@ -14,11 +14,12 @@
  * A raw body with a Content-Length takes one of three paths once the bytes
  * received with the head are written: spliced socket -> pooled pipe -> file
  * (SPLICE_UPLOADS, never entering user space), or, from DIRECT_IO_THRESHOLD
- * bytes on, read into a registered aligned buffer and written with O_DIRECT
- * (the page cache is the wall for large bodies); else the buffered path, as
- * chunked and multipart bodies. Files are direct descriptors where the kernel
- * can install one as a file for the link step (6.8), so an upload in flight
- * holds no process descriptor but its socket's none either.
+ * bytes on and when a buffer is free at once, read into a registered aligned
+ * buffer and written with O_DIRECT (the page cache is the wall for large
+ * bodies), the buffer given back whenever the socket runs dry; else the
+ * buffered path, as chunked and multipart bodies. Files are direct descriptors
+ * where the kernel can install one as a file for the link step (6.8), so an
+ * upload in flight holds no process descriptor but its socket's none either.
  *
  * The upload's state is the connection's rdata while the connection owns it
  * (freed, files dropped, if the connection closes first); it moves to the
@@ -33,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -50,6 +52,7 @@
 #define FIELDS_MAX 65536   /* bytes of non-file form fields a request may carry */
 #define DIRECT_YIELD 32768 /* a read this short is a slow client: it gives its buffer back */
 #define SPLICE_MIN 65536   /* smaller bodies mostly come with the head: buffered (measured) */
+#define FORM_SLACK 65536   /* form bytes besides files, fields and file part heads (form_max) */
 
 enum up_mode {
     MODE_BUFFERED, /* written from the receive buffers */
@@ -84,6 +87,8 @@ struct upload {
     const char *in;       /* multipart: what is left of the span being parsed */
     size_t inlen;
     uint64_t field_bytes; /* multipart: bytes of non-file fields */
+    uint64_t body;        /* body bytes seen by route_body() */
+    uint64_t body_max;    /* the most the body may carry: form_max(), or MAX_FILE_SIZE */
     struct ufile *cur;    /* the file being written, NULL between files */
     uint32_t nfiles;      /* files begun */
     uint32_t maxfiles;    /* MAX_FILES_PER_REQUEST (1 for a raw body) */
@@ -136,9 +141,10 @@ static void close_file(struct upload *u, struct ufile *f)
     f->fd = -1;
 }
 
-/* Give back what the transfer borrowed. */
+/* Give back what the transfer borrowed, and leave the queues it may wait in. */
 static void release_xfer(struct upload *u)
 {
+    xfer_cancel(u->ring, u->conn);
     if (u->piped)
         xfer_pipe_put(u->ring, u->pipe, u->in_pipe == 0);
     u->piped = false;
@@ -372,6 +378,7 @@ static void on_open(struct conn *c, int res)
     }
     if (res == -EINVAL && u->mode == MODE_DIRECT) {
         /* This filesystem takes no O_DIRECT: the page cache it is. */
+        release_xfer(u);
         u->mode = u->ring->cfg->splice_uploads ? MODE_SPLICE : MODE_BUFFERED;
         conn_detach_body(c, u->mode == MODE_SPLICE ? splice_begin : NULL);
         submit_open(c, u);
@@ -544,6 +551,12 @@ static void splice_next(struct conn *c, int res)
     uint32_t n;
     int err;
 
+    if (res == -ETIMEDOUT) {
+        /* Every pipe stayed lent for CONNECTION_TIMEOUT: the client may retry later. */
+        fail(c, u, 503, "overloaded", "The server is busy; retry later.");
+        conn_resume(c);
+        return;
+    }
     if (res < 0) {
         conn_close(c);
         return;
@@ -645,14 +658,11 @@ static bool direct_borrow(struct conn *c, struct upload *u, conn_op_fn fn)
     return true;
 }
 
-/* The file is open: borrow a buffer before the first body byte. */
+/* The file is open, the buffer lent at the door: let the body come. */
 static void direct_begin(struct conn *c, int res)
 {
-    struct upload *u = c->rdata;
-
     (void)res;
-    if (direct_borrow(c, u, direct_begin))
-        raw_body_begin(c);
+    raw_body_begin(c);
 }
 
 /* Write len bytes (a multiple of XFER_ALIGN) from the buffer's start at doff. */
@@ -712,6 +722,12 @@ static void direct_readable(struct conn *c, int res)
 {
     struct upload *u = c->rdata;
 
+    if (res == -ETIMEDOUT) {
+        /* Every buffer stayed lent for CONNECTION_TIMEOUT: the client may retry later. */
+        fail(c, u, 503, "overloaded", "The server is busy; retry later.");
+        conn_resume(c);
+        return;
+    }
     if (res < 0) {
         conn_close(c);
         return;
@@ -788,14 +804,18 @@ static void on_direct_read(struct conn *c, int res)
     struct upload *u = c->rdata;
     uint32_t aligned;
 
-    if (res <= 0) {
+    if (res == -EAGAIN) {
+        /* The socket is empty: wait for it without the buffer (below). */
+        res = 0;
+    } else if (res <= 0) {
         /* The client went away mid-body (0) or the socket failed: nobody to answer. */
         conn_close(c);
         return;
     }
     u->fill += (uint32_t)res;
     u->left -= (uint64_t)res;
-    conn_io_progress(c, (uint64_t)res, true);
+    if (res > 0)
+        conn_io_progress(c, (uint64_t)res, true);
     if (u->left == 0) {
         direct_finish(c, u);
         return;
@@ -808,7 +828,11 @@ static void on_direct_read(struct conn *c, int res)
         direct_read(c, u);
         return;
     }
-    /* A short read: the client is slower than the disk; do not sit on a shared buffer. */
+    /*
+     * A short read (or none): the client is slower than the disk. A buffer is never
+     * held while the socket is waited for, or sixteen clients that trickle would
+     * hold every buffer of the worker.
+     */
     aligned = u->fill & ~(XFER_ALIGN - 1);
     u->yielding = true;
     if (aligned > 0)
@@ -817,14 +841,18 @@ static void on_direct_read(struct conn *c, int res)
         direct_yield(c, u);
 }
 
+/*
+ * Read what the socket holds now into the buffer. MSG_DONTWAIT: an empty socket
+ * completes with -EAGAIN instead of parking the read (and the buffer) in the
+ * kernel until the client sends again.
+ */
 static void direct_read(struct conn *c, struct upload *u)
 {
     uint32_t room = XFER_DBUF_SIZE - u->fill;
     uint32_t n = u->left < room ? (uint32_t)u->left : room;
     struct io_uring_sqe *sqe = conn_op_sqe(c, on_direct_read);
 
-    /* Offset 0: a socket has no position. */
-    io_uring_prep_read_fixed(sqe, c->fd, dbuf(u) + u->fill, n, 0, u->dbuf);
+    io_uring_prep_recv(sqe, c->fd, dbuf(u) + u->fill, n, MSG_DONTWAIT);
     sqe->flags |= IOSQE_FIXED_FILE;
 }
 
@@ -1030,6 +1058,12 @@ static void resume_feed(struct conn *c, struct upload *u)
 
 /* ---- the route's entry points ---- */
 
+/* The page-cache path of a raw body of expected bytes: spliced, or written from the buffers. */
+static enum up_mode cached_mode(const struct ring *r, uint64_t expected)
+{
+    return r->cfg->splice_uploads && expected >= SPLICE_MIN ? MODE_SPLICE : MODE_BUFFERED;
+}
+
 /*
  * How a raw body of expected bytes (0: chunked or empty) reaches the file. A small
  * body is in the receive buffers by the time its file is open: a splice pair (two
@@ -1042,7 +1076,23 @@ static enum up_mode raw_mode(const struct ring *r, uint64_t expected)
     if (r->cfg->direct_io_threshold > 0 && expected >= r->cfg->direct_io_threshold &&
         xfer_direct(r))
         return MODE_DIRECT;
-    return r->cfg->splice_uploads && expected >= SPLICE_MIN ? MODE_SPLICE : MODE_BUFFERED;
+    return cached_mode(r, expected);
+}
+
+/*
+ * The most a form's body may carry, framing included: MAX_FILES_PER_REQUEST
+ * full files, each with a part header block and delimiter at their limits,
+ * FIELDS_MAX of other fields' values, and FORM_SLACK for everything else
+ * (preamble, epilogue, the fields' headers and delimiters, the close
+ * delimiter). A browser's form needs a few hundred bytes of that slack; 64 KiB
+ * leaves room for hand-made forms while bounding what parts without a file,
+ * which no other limit counts, can make a worker parse.
+ */
+static uint64_t form_max(const struct ring *r)
+{
+    uint64_t part = r->cfg->max_file_size + MP_HEADER_MAX + MP_CARRY_MAX;
+
+    return part * r->cfg->max_files_per_request + FIELDS_MAX + FORM_SLACK;
 }
 
 enum route_verdict route_upload_begin(struct conn *c, const char *user, const char *name,
@@ -1073,6 +1123,12 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     }
     if (multipart)
         maxfiles = r->cfg->max_files_per_request;
+    if (multipart && expected > form_max(r)) {
+        route_error(c, h, 413, "too_large",
+                    "The form is larger than MAX_FILES_PER_REQUEST files of MAX_FILE_SIZE.", true,
+                    NULL);
+        return ROUTE_ANSWERED;
+    }
     u = calloc(1, sizeof(*u) + maxfiles * sizeof(u->files[0]));
     if (u == NULL)
         log_oom();
@@ -1081,6 +1137,7 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     u->route = h->method == HTTP_PUT ? MET_UP_PUT : MET_UP_POST;
     u->close = close;
     u->max = r->cfg->max_file_size;
+    u->body_max = multipart ? form_max(r) : r->cfg->max_file_size;
     u->maxfiles = maxfiles;
     snprintf(u->user, sizeof(u->user), "%s", user);
     u->dbuf = -1;
@@ -1088,6 +1145,17 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     conn_set_reap(c, upload_reap);
     if (!multipart) {
         u->mode = raw_mode(r, expected);
+        if (u->mode == MODE_DIRECT) {
+            /*
+             * The buffer now or not at all: a body queued for one would hold its
+             * receive buffers, a file and a slot while others write theirs.
+             */
+            u->dbuf = xfer_dbuf_get(c, NULL);
+            if (u->dbuf < 0) {
+                met_inc(&r->met.dbuf_fallbacks);
+                u->mode = cached_mode(r, expected);
+            }
+        }
         /* Stop receiving now: what is not in the receive buffers yet is the route's to read. */
         if (u->mode == MODE_SPLICE)
             conn_detach_body(c, splice_begin);
@@ -1111,6 +1179,14 @@ enum route_verdict route_body(struct conn *c, struct http_span body)
 
     if (u == NULL)
         return ROUTE_ANSWERED;
+    /* Checked before the bytes are parsed: a chunked body has no length to check at the door. */
+    u->body += body.len;
+    if (u->body > u->body_max) {
+        fail(c, u, 413, "too_large",
+             u->mp != NULL ? "The form is larger than MAX_FILES_PER_REQUEST files of MAX_FILE_SIZE."
+                           : "The file is larger than MAX_FILE_SIZE.");
+        return ROUTE_ANSWERED;
+    }
     if (u->mp == NULL && u->mode == MODE_DIRECT) {
         u->in = body.p;
         u->inlen = body.len;

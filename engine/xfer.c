@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -16,55 +18,127 @@
 #include "engine/log.h"
 #include "engine/ring.h"
 
-static void queue_push(struct xfer_queue *q, uint64_t ref, conn_op_fn fn)
+static void arm_timer(struct ring *r);
+
+static void queue_push(struct ring *r, struct xfer_queue *q, uint64_t ref, conn_op_fn fn)
 {
+    struct xfer_waiter *w;
+
     if (q->count == q->cap) {
         uint32_t cap = q->cap ? q->cap * 2 : 64;
-        uint64_t *refs = malloc(cap * sizeof(*refs));
-        conn_op_fn *fns = malloc(cap * sizeof(*fns));
+        struct xfer_waiter *ws = malloc(cap * sizeof(*ws));
         uint32_t i;
 
-        if (refs == NULL || fns == NULL)
+        if (ws == NULL)
             log_oom();
-        for (i = 0; i < q->count; i++) {
-            refs[i] = q->ref[(q->head + i) % q->cap];
-            fns[i] = q->fn[(q->head + i) % q->cap];
-        }
-        free(q->ref);
-        free(q->fn);
-        q->ref = refs;
-        q->fn = fns;
+        for (i = 0; i < q->count; i++)
+            ws[i] = q->w[(q->head + i) % q->cap];
+        free(q->w);
+        q->w = ws;
         q->head = 0;
         q->cap = cap;
     }
-    q->ref[(q->head + q->count) % q->cap] = ref;
-    q->fn[(q->head + q->count) % q->cap] = fn;
+    w = &q->w[(q->head + q->count) % q->cap];
+    w->ref = ref;
+    w->due = r->now_ms + r->cfg->connection_timeout;
+    w->fn = fn;
     q->count++;
+    if (!tmr_armed(&r->xfer.timer))
+        arm_timer(r);
+}
+
+static struct xfer_waiter queue_pop(struct xfer_queue *q)
+{
+    struct xfer_waiter w = q->w[q->head];
+
+    q->head = (q->head + 1) % q->cap;
+    q->count--;
+    return w;
 }
 
 /* Call the first waiter still open; waiters that closed meanwhile are dropped. */
 static void queue_wake(struct ring *r, struct xfer_queue *q)
 {
     while (q->count > 0) {
-        uint64_t ref = q->ref[q->head];
-        conn_op_fn fn = q->fn[q->head];
-        struct conn *c;
+        struct xfer_waiter w = queue_pop(q);
+        struct conn *c = conn_find(r, w.ref);
 
-        q->head = (q->head + 1) % q->cap;
-        q->count--;
-        c = conn_find(r, ref);
         if (c != NULL) {
-            fn(c, 0);
+            w.fn(c, 0);
             return;
         }
     }
 }
 
+/* Drop every entry of ref, keeping the order of the others. */
+static void queue_remove(struct xfer_queue *q, uint64_t ref)
+{
+    uint32_t kept = 0;
+    uint32_t i;
+
+    for (i = 0; i < q->count; i++) {
+        struct xfer_waiter w = q->w[(q->head + i) % q->cap];
+        if (w.ref != ref)
+            q->w[(q->head + kept++) % q->cap] = w;
+    }
+    q->count = kept;
+}
+
 static void queue_free(struct xfer_queue *q)
 {
-    free(q->ref);
-    free(q->fn);
+    free(q->w);
     memset(q, 0, sizeof(*q));
+}
+
+/* The timer follows the earlier of the two heads: each queue is in due order. */
+static void arm_timer(struct ring *r)
+{
+    struct xfer *x = &r->xfer;
+    uint64_t due = UINT64_MAX;
+
+    if (x->pipe_wait.count > 0)
+        due = x->pipe_wait.w[x->pipe_wait.head].due;
+    if (x->dbuf_wait.count > 0 && x->dbuf_wait.w[x->dbuf_wait.head].due < due)
+        due = x->dbuf_wait.w[x->dbuf_wait.head].due;
+    if (due == UINT64_MAX)
+        tmr_cancel(&r->timers, &x->timer);
+    else
+        tmr_set(&r->timers, &x->timer, due);
+}
+
+/* Waits past CONNECTION_TIMEOUT: the pool stayed lent out; the waiter answers or closes. */
+static void expire(struct ring *r, struct xfer_queue *q)
+{
+    while (q->count > 0 && q->w[q->head].due <= r->now_ms) {
+        struct xfer_waiter w = queue_pop(q);
+        struct conn *c = conn_find(r, w.ref);
+
+        if (c != NULL) {
+            met_inc(&r->met.xfer_wait_timeouts);
+            w.fn(c, -ETIMEDOUT);
+        }
+    }
+}
+
+static void on_timer(struct tmr *t)
+{
+    struct xfer *x = (struct xfer *)((char *)t - offsetof(struct xfer, timer));
+    struct ring *r = x->ring;
+
+    expire(r, &x->pipe_wait);
+    expire(r, &x->dbuf_wait);
+    arm_timer(r);
+}
+
+void xfer_cancel(struct ring *r, uint64_t ref)
+{
+    struct xfer *x = &r->xfer;
+
+    if (x->pipe_wait.count == 0 && x->dbuf_wait.count == 0)
+        return;
+    queue_remove(&x->pipe_wait, ref);
+    queue_remove(&x->dbuf_wait, ref);
+    arm_timer(r);
 }
 
 static void init_direct(struct ring *r)
@@ -100,6 +174,8 @@ static void init_direct(struct ring *r)
 void xfer_init(struct ring *r, bool direct)
 {
     memset(&r->xfer, 0, sizeof(r->xfer));
+    r->xfer.ring = r;
+    tmr_init(&r->xfer.timer, on_timer);
     r->xfer.pipe_size = 65536;
     if (direct)
         init_direct(r);
@@ -118,6 +194,7 @@ void xfer_fini(struct ring *r)
         io_uring_unregister_buffers(r->uring);
         munmap(x->dbuf_mem, (size_t)XFER_DBUFS * XFER_DBUF_SIZE);
     }
+    tmr_cancel(&r->timers, &x->timer);
     queue_free(&x->pipe_wait);
     queue_free(&x->dbuf_wait);
     memset(x, 0, sizeof(*x));
@@ -158,7 +235,7 @@ bool xfer_pipe_get(struct conn *c, struct xfer_pipe *p, conn_op_fn fn, int *err)
         if (fn == NULL)
             return false;
         met_inc(&r->met.pipe_waits);
-        queue_push(&x->pipe_wait, conn_ref(c), fn);
+        queue_push(r, &x->pipe_wait, conn_ref(c), fn);
         return false;
     }
     ret = pipe_open(x, p);
@@ -189,6 +266,7 @@ void xfer_pipe_put(struct ring *r, struct xfer_pipe p, bool empty)
     /* A waiter that no longer needs one takes nothing: wake the next. */
     while (x->pipe_wait.count > 0 && (x->nidle > 0 || x->open < XFER_PIPES))
         queue_wake(r, &x->pipe_wait);
+    arm_timer(r);
 }
 
 bool xfer_direct(const struct ring *r)
@@ -202,8 +280,10 @@ int xfer_dbuf_get(struct conn *c, conn_op_fn fn)
     struct xfer *x = &r->xfer;
 
     if (x->ndbuf_free == 0) {
+        if (fn == NULL)
+            return -1;
         met_inc(&r->met.dbuf_waits);
-        queue_push(&x->dbuf_wait, conn_ref(c), fn);
+        queue_push(r, &x->dbuf_wait, conn_ref(c), fn);
         return -1;
     }
     met_inc(&r->met.dbufs_in_use);
@@ -218,6 +298,7 @@ void xfer_dbuf_put(struct ring *r, int idx)
     met_dec(&r->met.dbufs_in_use);
     while (x->dbuf_wait.count > 0 && x->ndbuf_free > 0)
         queue_wake(r, &x->dbuf_wait);
+    arm_timer(r);
 }
 
 char *xfer_dbuf_addr(const struct ring *r, int idx)

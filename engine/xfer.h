@@ -2,9 +2,11 @@
  * xfer: what one worker lends to zero-copy transfers. Splice pipes come from
  * a bounded pool and are held only while a splice pair (into the pipe, out of
  * it) runs; O_DIRECT buffers are aligned slabs registered with the ring
- * (fixed buffers), held while an upload fills and writes one. A transfer that
- * finds the pool lent out queues and is called back, in order, when one is
- * given back.
+ * (fixed buffers), held while an upload fills and writes one, never while it
+ * waits for its client. A transfer that finds the pool lent out queues and is
+ * called back, in order, when one is given back; a wait that lasts
+ * CONNECTION_TIMEOUT ends with the callback's -ETIMEDOUT instead, and a
+ * connection that goes away takes its waits out of the queues (xfer_cancel).
  */
 #ifndef ENGINE_XFER_H
 #define ENGINE_XFER_H
@@ -13,6 +15,7 @@
 #include <stdint.h>
 
 #include "engine/conn.h"
+#include "engine/tmr.h"
 
 struct ring;
 
@@ -27,16 +30,27 @@ struct xfer_pipe {
     int wr; /* write end */
 };
 
-/* Connections waiting for a pipe or a buffer, first come first served. */
+/* One connection waiting for a pipe or a buffer. */
+struct xfer_waiter {
+    uint64_t ref;  /* conn_ref() of the waiter */
+    uint64_t due;  /* monotonic ms at which the wait times out */
+    conn_op_fn fn; /* called with 0 when served, -ETIMEDOUT at due */
+};
+
+/*
+ * Connections waiting for a pipe or a buffer, first come first served. Every
+ * wait lasts the same CONNECTION_TIMEOUT, so the head is also the first due.
+ */
 struct xfer_queue {
-    uint64_t *ref; /* conn_ref() of each waiter */
-    conn_op_fn *fn;
+    struct xfer_waiter *w; /* ring of cap entries */
     uint32_t head;
     uint32_t count;
     uint32_t cap;
 };
 
 struct xfer {
+    struct ring *ring;                 /* the owning worker, for the timer */
+    struct tmr timer;                  /* the first due wait of either queue */
     struct xfer_pipe idle[XFER_PIPES]; /* pipes open and empty */
     uint32_t nidle;
     uint32_t open;      /* pipes open: idle or lent */
@@ -58,8 +72,8 @@ void xfer_fini(struct ring *r);
 /*
  * A pipe for one splice pair: true and *p, or false when the pool is lent out
  * (then fn(c, 0) runs once one comes back, unless fn is NULL; call
- * xfer_pipe_get() again there) or no pipe can be made (-errno in *err, fn not
- * queued).
+ * xfer_pipe_get() again there; fn(c, -ETIMEDOUT) runs instead after
+ * CONNECTION_TIMEOUT) or no pipe can be made (-errno in *err, fn not queued).
  */
 bool xfer_pipe_get(struct conn *c, struct xfer_pipe *p, conn_op_fn fn, int *err);
 
@@ -69,9 +83,19 @@ void xfer_pipe_put(struct ring *r, struct xfer_pipe p, bool empty);
 /* Whether O_DIRECT buffers are available on this worker at all. */
 bool xfer_direct(const struct ring *r);
 
-/* An O_DIRECT buffer index, or -1 when all are lent (fn(c, 0) runs when one is back). */
+/*
+ * An O_DIRECT buffer index, or -1 when all are lent: then fn(c, 0) runs when
+ * one is back (call xfer_dbuf_get() again there), or fn(c, -ETIMEDOUT) after
+ * CONNECTION_TIMEOUT; a NULL fn queues nothing.
+ */
 int xfer_dbuf_get(struct conn *c, conn_op_fn fn);
 void xfer_dbuf_put(struct ring *r, int idx);
 char *xfer_dbuf_addr(const struct ring *r, int idx);
+
+/*
+ * Take the connection ref (conn_ref()) out of every queue: its callbacks will
+ * not run. Call from a transfer's free hook, whether or not it waits.
+ */
+void xfer_cancel(struct ring *r, uint64_t ref);
 
 #endif /* ENGINE_XFER_H */

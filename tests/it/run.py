@@ -1216,6 +1216,8 @@ import db_routes  # noqa: E402
 db_routes.register(test)
 import uploads  # noqa: E402
 uploads.register(test)
+import limits_io  # noqa: E402
+limits_io.register(test)
 import load  # noqa: E402
 load.register(test)
 # strict HTTP edges (obs-fold, transfer codings, names, 204, 100 Continue): tests/it/strict.py
