@@ -53,6 +53,7 @@ static const struct {
     [DB_FILE_CONTENT] = {"SELECT storage_key, size, name, mime, sha256, status FROM files "
                          "WHERE id = $1::uuid AND owner = $2",
                          2},
+    [DB_FILE_RECORDED] = {"SELECT 1 FROM files WHERE id = $1::uuid AND storage_key = $2", 2},
 #undef FILE_COLS
 };
 
@@ -137,7 +138,8 @@ static void complete(struct db_pool *p, struct db_query *q, int err)
         if (err == -EINVAL && q->res != NULL)
             log_warn("database query failed", "pool=%s stmt=%u error=%s", p->name,
                      (unsigned)q->stmt, PQresultErrorMessage(q->res));
-        q->cb(q->ud, q->tag, err == -EIO || err == -ETIMEDOUT ? NULL : q->res, err);
+        q->cb(q->ud, q->tag,
+              err == -EIO || err == -ETIMEDOUT || err == -ECONNABORTED ? NULL : q->res, err);
     }
     query_put(p, q);
 }
@@ -268,7 +270,8 @@ static void drop(struct db_conn *c, int err)
                 retry_first = q;
             retry_last = q;
         } else {
-            complete(p, q, err);
+            /* It was sent: a lost connection leaves its outcome unknown. */
+            complete(p, q, err == -EIO ? -ECONNABORTED : err);
         }
     }
     /* Re-sent queries go first: they have waited longest. */
@@ -858,33 +861,69 @@ int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, cons
     return 0;
 }
 
-int db_insert_file(struct db_pool *p, const struct db_file_row *row, db_cb cb, void *ud,
-                   uint64_t tag)
+/* One row's query (stmt DB_FILE_INSERT), or NULL with *err. */
+static struct db_query *make_row(struct db_pool *p, const struct db_file_row *row, db_cb cb,
+                                 void *ud, uint64_t tag, int *err)
 {
     char size[24];
     char prio[12];
     const char *vals[7] = {row->id,     row->owner,       row->name, size,
                            row->status, row->storage_key, prio};
     int lens[7];
-    struct db_query *q;
     unsigned i;
-    int err;
 
     snprintf(size, sizeof(size), "%llu", (unsigned long long)row->size);
     snprintf(prio, sizeof(prio), "%d", row->priority);
     for (i = 0; i < 7; i++)
         lens[i] = (int)strlen(vals[i]);
-    q = make_query(p, DB_FILE_INSERT, vals, lens, 7, 0, false, cb, ud, tag, &err);
-    if (q == NULL)
-        return err;
+    return make_query(p, DB_FILE_INSERT, vals, lens, 7, 0, false, cb, ud, tag, err);
+}
+
+int db_insert_files(struct db_pool *p, const struct db_file_row *rows, unsigned n, db_cb cb,
+                    void *ud, uint64_t tag)
+{
+    struct db_query *first = NULL;
+    struct db_query *last = NULL;
+    unsigned i;
+    int err;
+
+    if (n == 0 || n > DB_BATCH_MAX)
+        return -E2BIG;
+    if (p->waiting + p->batched + n > DB_WAIT_MAX)
+        return -EAGAIN;
+    for (i = 0; i < n; i++) {
+        struct db_query *q = make_row(p, &rows[i], cb, ud, tag + i, &err);
+        if (q == NULL)
+            goto out_put_rows;
+        q->group = (uint16_t)(n - i);
+        if (last != NULL)
+            last->next = q;
+        else
+            first = q;
+        last = q;
+    }
     /* Gathered until the end of the loop turn: see flush_batch(). */
     if (p->batch_last != NULL)
-        p->batch_last->next = q;
+        p->batch_last->next = first;
     else
-        p->batch_first = q;
-    p->batch_last = q;
-    p->batched++;
+        p->batch_first = first;
+    p->batch_last = last;
+    p->batched += n;
     return 0;
+
+out_put_rows:
+    while (first != NULL) {
+        struct db_query *q = first;
+        first = q->next;
+        query_put(p, q);
+    }
+    return err;
+}
+
+int db_insert_file(struct db_pool *p, const struct db_file_row *row, db_cb cb, void *ud,
+                   uint64_t tag)
+{
+    return db_insert_files(p, row, 1, cb, ud, tag);
 }
 
 /* A growing buffer of array literals. */
@@ -934,50 +973,67 @@ static void ab_array(struct abuf *b, struct db_query *rows, unsigned col, bool q
     ab_put(b, "}", 2); /* with its NUL */
 }
 
-/* Send the rows gathered this turn: one INSERT ... SELECT FROM unnest() per DB_BATCH_MAX. */
-static void flush_batch(struct db_pool *p)
+/* The last row of the group that starts at q. */
+static struct db_query *group_end(struct db_query *q)
+{
+    uint16_t g;
+
+    for (g = q->group; g > 1; g--)
+        q = q->next;
+    return q;
+}
+
+/*
+ * Send rows (a list of whole groups): one row as a plain INSERT, more as one
+ * INSERT ... SELECT FROM unnest(), so they commit together.
+ */
+static void send_rows(struct db_pool *p, struct db_query *rows)
 {
     static const bool quoted[7] = {false, true, true, false, true, true, false};
+    struct abuf b = {NULL, 0, 0};
+    struct db_query *bq;
+    unsigned col;
 
+    if (rows->next == NULL) {
+        enqueue(p, rows);
+        return;
+    }
+    bq = query_get(p);
+    for (col = 0; col < 7; col++) {
+        bq->poff[col] = (uint32_t)b.len;
+        ab_array(&b, rows, col, quoted[col]);
+        bq->plen[col] = (uint32_t)(b.len - bq->poff[col] - 1);
+    }
+    bq->pext = b.p;
+    bq->rows = rows;
+    bq->stmt = DB_FILE_INSERT_MANY;
+    bq->nparams = 7;
+    bq->retries = 1;
+    bq->start_ns = rows->start_ns;
+    bq->deadline_ms = rows->deadline_ms;
+    p->batches_out++;
+    enqueue(p, bq);
+}
+
+/*
+ * Send the rows gathered this turn, about DB_BATCH_MAX a statement; a group
+ * (one request's rows) is never split. With batch_off, each group alone.
+ */
+static void flush_batch(struct db_pool *p)
+{
     while (p->batch_first != NULL) {
         struct db_query *rows = p->batch_first;
-        struct db_query *last = rows;
-        struct abuf b = {NULL, 0, 0};
-        struct db_query *bq;
-        unsigned n = 1;
-        unsigned col;
+        struct db_query *last = group_end(rows);
+        unsigned n = rows->group;
 
-        if (p->batch_off || p->batched == 1) {
-            while ((rows = p->batch_first) != NULL) {
-                p->batch_first = rows->next;
-                p->batched--;
-                enqueue(p, rows);
-            }
-            break;
-        }
-        while (last->next != NULL && n < DB_BATCH_MAX) {
-            last = last->next;
-            n++;
+        while (!p->batch_off && last->next != NULL && n + last->next->group <= DB_BATCH_MAX) {
+            n += last->next->group;
+            last = group_end(last->next);
         }
         p->batch_first = last->next;
         last->next = NULL;
         p->batched -= n;
-
-        bq = query_get(p);
-        for (col = 0; col < 7; col++) {
-            bq->poff[col] = (uint32_t)b.len;
-            ab_array(&b, rows, col, quoted[col]);
-            bq->plen[col] = (uint32_t)(b.len - bq->poff[col] - 1);
-        }
-        bq->pext = b.p;
-        bq->rows = rows;
-        bq->stmt = DB_FILE_INSERT_MANY;
-        bq->nparams = 7;
-        bq->retries = 1;
-        bq->start_ns = rows->start_ns;
-        bq->deadline_ms = rows->deadline_ms;
-        p->batches_out++;
-        enqueue(p, bq);
+        send_rows(p, rows);
     }
     p->batch_last = NULL;
 }
@@ -985,19 +1041,31 @@ static void flush_batch(struct db_pool *p)
 /*
  * A batch is answered: its rows succeed together, or fail together when the
  * connection was lost or the statement timed out (whether it committed is
- * unknown), or are re-sent one by one after an error that one row may have
- * caused (say, a duplicate id).
+ * unknown), or, after an error that one request's rows may have caused (say,
+ * a duplicate id), each request's rows are re-sent alone: a group that fails
+ * alone fails for good.
  */
 static void finish_batch(struct db_pool *p, struct db_query *b, int err)
 {
-    struct db_query *q;
+    struct db_query *q = b->rows;
+    bool alone = group_end(q)->next == NULL;
 
-    while ((q = b->rows) != NULL) {
-        b->rows = q->next;
-        if (err == -EINVAL && !p->stopping)
-            enqueue(p, q);
-        else
-            complete(p, q, err);
+    b->rows = NULL;
+    while (q != NULL) {
+        struct db_query *last = group_end(q);
+        struct db_query *next = last->next;
+
+        last->next = NULL;
+        if (err == -EINVAL && !alone && !p->stopping) {
+            send_rows(p, q);
+        } else {
+            while (q != NULL) {
+                struct db_query *row = q;
+                q = row->next;
+                complete(p, row, err);
+            }
+        }
+        q = next;
     }
 }
 

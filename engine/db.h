@@ -14,7 +14,7 @@
  * later fails and its connection is dropped. Requests wait in a bounded
  * queue when every connection is busy; past DB_WAIT_MAX db_query() refuses.
  * A lost connection is reopened with backoff; its idempotent queries are
- * retried once, the others fail with -EIO.
+ * retried once, the others fail with -ECONNABORTED (their outcome unknown).
  */
 #ifndef ENGINE_DB_H
 #define ENGINE_DB_H
@@ -51,6 +51,7 @@ enum db_stmt {
     /* one files row: id, owner, name, size, status, storage_key, priority */
     DB_FILE_INSERT_MANY, /* the same seven columns as arrays: many rows, one statement */
     DB_FILE_CONTENT,     /* $1 id, $2 owner -> storage_key, size, name, mime, sha256, status */
+    DB_FILE_RECORDED,    /* $1 id, $2 storage_key -> one row if that file's row is in */
     DB_STMT__MAX,
 };
 
@@ -58,7 +59,10 @@ enum db_stmt {
  * Completion of a query, on the ring thread. res is valid only during the
  * call (db owns it). err: 0 with res a PGRES_TUPLES_OK / COMMAND_OK result;
  * -EINVAL with res the server's error; -ETIMEDOUT (statement timeout or no
- * answer in time); -EIO (connection lost or none could be opened, res NULL).
+ * answer in time: whether it ran is unknown); -EIO (never sent: no
+ * connection could be had, res NULL); -ECONNABORTED (sent, and the
+ * connection was lost before the answer: whether it ran and committed is
+ * unknown, res NULL).
  */
 typedef void (*db_cb)(void *ud, uint64_t tag, struct pg_result *res, int err);
 
@@ -75,6 +79,7 @@ struct db_query {
     uint8_t nparams;
     uint8_t binary;  /* bit i: parameter i is binary */
     uint8_t retries; /* times re-sent after a lost connection */
+    uint16_t group;  /* a files row: rows of its group from this one on (see db_insert_files) */
     uint32_t plen[DB_PARAMS_MAX];
     uint32_t poff[DB_PARAMS_MAX];
     char *pext;            /* heap parameters of a batch (else pbuf), freed with the query */
@@ -195,12 +200,19 @@ int db_query(struct db_pool *p, enum db_stmt stmt, const char *const *vals, cons
              unsigned n, unsigned binary, bool idempotent, db_cb cb, void *ud, uint64_t tag);
 
 /*
- * Insert one files row. Rows inserted during one loop turn leave together as
- * one multi-row INSERT (one round trip, one commit); if that statement fails,
- * each row is retried alone so one bad row fails only itself. Not
- * idempotent: a row whose connection is lost fails with -EIO. Returns 0, or
- * -EAGAIN / -E2BIG like db_query().
+ * Insert the files rows of one request, rows[0..n), as one unit: they commit
+ * together or not at all. Rows inserted during one loop turn leave together
+ * as one multi-row INSERT (one round trip, one commit); if that statement
+ * fails, each request's rows are retried alone, so one bad row fails only its
+ * own request. cb runs once per row (tag + i), with the same err for each.
+ * Not idempotent: rows whose connection is lost fail with -ECONNABORTED (the
+ * caller finds out whether they are in, e.g. with DB_FILE_RECORDED). Returns
+ * 0, or -EAGAIN / -E2BIG like db_query() (then no row is queued).
  */
+int db_insert_files(struct db_pool *p, const struct db_file_row *rows, unsigned n, db_cb cb,
+                    void *ud, uint64_t tag);
+
+/* db_insert_files() of one row. */
 int db_insert_file(struct db_pool *p, const struct db_file_row *row, db_cb cb, void *ud,
                    uint64_t tag);
 

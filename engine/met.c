@@ -124,6 +124,15 @@ static void render_uploads(struct prom_buf *b)
     scalar(b, "ringup_transfer_wait_timeouts_total", "counter",
            "Waits for a splice pipe or an O_DIRECT buffer cut after CONNECTION_TIMEOUT.",
            SUM(xfer_wait_timeouts));
+    scalar(b, "ringup_storage_dir_syncs_total", "counter",
+           "Directory fsyncs after a link or mkdir made an entry (FSYNC).", SUM(dir_syncs));
+    scalar(b, "ringup_upload_commit_unknown_total", "counter",
+           "Uploads whose row insert lost its connection or timed out, so that whether it "
+           "committed was looked up before answering.",
+           SUM(up_unknown));
+    scalar(b, "ringup_upload_kept_for_fsck_total", "counter",
+           "Uploads whose commit stayed unknown: files kept for ringup fsck to decide.",
+           SUM(up_kept));
     for (i = 0; i <= MET_DUR_BUCKETS; i++)
         counts[i] = sum(offsetof(struct met_worker, up_dur) + i * sizeof(uint64_t));
     prom_family(b, "ringup_upload_duration_seconds", "histogram",

@@ -79,6 +79,9 @@ struct met_worker {
     uint64_t dbuf_waits;                      /* O_DIRECT reads that waited for a free buffer */
     uint64_t dbuf_fallbacks;     /* O_DIRECT-sized bodies that found no buffer: page cache */
     uint64_t xfer_wait_timeouts; /* waits for a pipe or buffer cut at CONNECTION_TIMEOUT */
+    uint64_t dir_syncs;          /* fsyncs of directories whose entries an upload made */
+    uint64_t up_unknown;         /* uploads whose rows' commit was unknown: looked up */
+    uint64_t up_kept;            /* uploads whose files were kept for fsck (outcome unknown) */
     uint64_t up_dur[MET_DUR_BUCKETS + 1]; /* upload duration histogram (head to 201) */
     uint64_t up_dur_us_sum;
 };

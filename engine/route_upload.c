@@ -8,8 +8,13 @@
  * STORAGE_DIR. When a file is complete it is fdatasync'ed (FSYNC) and linked
  * to objects/ab/cd/<id>; when the request is complete the rows of all its
  * files are inserted (one batched statement per loop turn) and only then is
- * it answered 201. A failure anywhere unlinks what this request linked and
- * closes what it opened: no visible file, no row.
+ * it answered 201. With FSYNC the directories the link (and any mkdir)
+ * changed are fsync'ed before the row goes in. A request's rows commit
+ * together or not at all. A failure anywhere unlinks what this request linked
+ * and closes what it opened: no visible file, no row. The one exception is an
+ * insert whose answer was lost (connection lost, timed out): the row may have
+ * committed, so the files stay until a lookup says; if the lookup fails too,
+ * they stay for `ringup fsck`, and the client is told to retry.
  *
  * A raw body with a Content-Length takes one of three paths once the bytes
  * received with the head are written: spliced socket -> pooled pipe -> file
@@ -38,6 +43,7 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <libpq-fe.h>
 #include <liburing.h>
 
 #include "engine/conn.h"
@@ -110,6 +116,9 @@ struct upload {
     bool yielding;         /* direct: give the buffer back after the write in flight */
     uint32_t inserts;      /* row inserts not answered yet */
     int insert_err;        /* first failed insert */
+    int dirfd;             /* FSYNC: the directory being synced, -1 if none */
+    uint8_t dsync;         /* FSYNC: directories of cur synced so far */
+    uint8_t dsync_n;       /* FSYNC: directories of cur to sync (1, or 3 after mkdir) */
     struct ufile files[];  /* maxfiles */
 };
 
@@ -176,6 +185,9 @@ static void upload_dispose(struct upload *u)
 
 static void upload_free(struct upload *u)
 {
+    if (u->dirfd >= 0)
+        close(u->dirfd);
+    u->dirfd = -1;
     release_xfer(u);
     drop_files(u);
     upload_dispose(u);
@@ -234,6 +246,7 @@ static void on_sync(struct conn *c, int res);
 static void on_link(struct conn *c, int res);
 static void on_installed(struct conn *c, int res);
 static void on_mkdir(struct conn *c, int res);
+static void on_diropen(struct conn *c, int res);
 
 /*
  * The connection closed with an op in flight: what the op made is recorded, so
@@ -252,6 +265,8 @@ static void upload_reap(void *p, conn_op_fn fn, int res)
         u->cur->tmpfd = res;
     } else if (fn == on_link) {
         u->cur->linked = true;
+    } else if (fn == on_diropen) {
+        u->dirfd = res;
     }
 }
 
@@ -469,6 +484,7 @@ static void on_sync(struct conn *c, int res)
 }
 
 static bool insert_rows(struct conn *c, struct upload *u);
+static void sync_next_dir(struct conn *c, struct upload *u);
 
 /* The current file has its name: close it and go on with the request. */
 static void file_linked(struct conn *c, struct upload *u)
@@ -501,7 +517,71 @@ static void on_link(struct conn *c, int res)
         conn_resume(c);
         return;
     }
-    file_linked(c, u);
+    u->cur->linked = true;
+    if (!u->ring->cfg->fsync) {
+        file_linked(c, u);
+        return;
+    }
+    /* The name is durable only with its directory: objects/ab/cd, and after mkdir its parents. */
+    u->dsync = 0;
+    u->dsync_n = u->step == STEP_NONE ? 1 : 3;
+    sync_next_dir(c, u);
+}
+
+/*
+ * FSYNC: the directories whose entries the link (and any mkdir) changed,
+ * deepest first: objects/ab/cd, then objects/ab and objects.
+ */
+static void sync_next_dir(struct conn *c, struct upload *u)
+{
+    struct io_uring_sqe *sqe;
+    char *slash;
+    unsigned i;
+
+    if (u->dsync == u->dsync_n) {
+        file_linked(c, u);
+        return;
+    }
+    /* The path outlives this call: the kernel reads it when the open is submitted. */
+    snprintf(u->dir, sizeof(u->dir), "%.*s", (int)(sizeof(u->dir) - 1), u->cur->key);
+    for (i = 0; i <= u->dsync; i++) {
+        slash = strrchr(u->dir, '/');
+        if (slash != NULL)
+            *slash = '\0';
+    }
+    sqe = conn_op_sqe(c, on_diropen);
+    io_uring_prep_openat(sqe, store_dirfd(), u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+}
+
+static void on_dirsync(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+
+    close(u->dirfd);
+    u->dirfd = -1;
+    if (res < 0) {
+        fail_errno(c, u, res, "fsync directory");
+        conn_resume(c);
+        return;
+    }
+    met_inc(&u->ring->met.dir_syncs);
+    u->dsync++;
+    sync_next_dir(c, u);
+}
+
+static void on_diropen(struct conn *c, int res)
+{
+    struct upload *u = c->rdata;
+    struct io_uring_sqe *sqe;
+
+    if (res < 0) {
+        fail_errno(c, u, res, "open directory");
+        conn_resume(c);
+        return;
+    }
+    u->dirfd = res;
+    sqe = conn_op_sqe(c, on_dirsync);
+    io_uring_prep_fsync(sqe, u->dirfd, 0);
 }
 
 static void on_mkdir(struct conn *c, int res)
@@ -905,36 +985,14 @@ static void answer(struct conn *c, struct upload *u)
     cJSON_Delete(doc);
 }
 
-/* One file's row is in (err 0) or not; tag is the file's index. */
-static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
+/* The rows are in: the files are the user's now; answer 201. */
+static void recorded(struct upload *u)
 {
-    struct upload *u = ud;
-    struct conn *c;
+    struct conn *c = conn_deref(u->ring, u->conn);
     uint32_t i;
 
-    (void)res;
-    if (err != 0) {
-        /* No row for this file: its bytes must not stay behind. */
-        unlinkat(store_dirfd(), u->files[tag].key, 0);
-        if (u->insert_err == 0)
-            u->insert_err = err;
-    }
-    if (--u->inserts > 0)
-        return;
-    c = conn_deref(u->ring, u->conn);
-    if (u->insert_err !=
-        0) { /* Rows that did land stay with their files; the request is answered 503. */
-        count_failure(u, MET_UF_DATABASE);
-        if (c != NULL) {
-            route_error(c, conn_head(c), 503, "database_unavailable",
-                        "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
-            conn_resume(c);
-        }
-        upload_dispose(u);
-        return;
-    }
     for (i = 0; i < u->nfiles; i++)
-        u->files[i].linked = false; /* recorded: the files are the user's now */
+        u->files[i].linked = false;
     met_upload_done(&u->ring->met, u->route, c != NULL ? conn_elapsed_us(c) : 0);
     if (c != NULL) {
         answer(c, u);
@@ -944,37 +1002,119 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
 }
 
 /*
- * Every file is linked: insert their rows (they leave as one statement this
- * loop turn); the last answer resumes the connection. Returns false when it
- * answered at once instead (the caller goes on with the connection).
+ * The rows are not in (keep false: their files go), or whether they are is
+ * unknown (keep: the files stay for `ringup fsck`, which finds a row for
+ * them or removes them). Either way the client is told to retry.
+ */
+static void not_recorded(struct upload *u, bool keep)
+{
+    struct conn *c = conn_deref(u->ring, u->conn);
+    uint32_t i;
+
+    count_failure(u, MET_UF_DATABASE);
+    if (keep) {
+        met_inc(&u->ring->met.up_kept);
+        log_warn("upload outcome unknown, files kept for fsck", "first_id=%s files=%u error=%s",
+                 u->files[0].id, u->nfiles, strerror(-u->insert_err));
+    }
+    for (i = 0; i < u->nfiles; i++) {
+        if (u->files[i].linked && !keep)
+            unlinkat(store_dirfd(), u->files[i].key, 0); /* an error path: a metadata syscall */
+        u->files[i].linked = false;
+    }
+    if (c != NULL) {
+        route_error(c, conn_head(c), 503, "database_unavailable",
+                    "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
+        conn_resume(c);
+    }
+    upload_dispose(u);
+}
+
+/* The answer to DB_FILE_RECORDED: are the rows in after all? */
+static void on_resolved(void *ud, uint64_t tag, struct pg_result *res, int err)
+{
+    struct upload *u = ud;
+
+    (void)tag;
+    if (err != 0)
+        not_recorded(u, true);
+    else if (PQntuples(res) > 0)
+        recorded(u);
+    else
+        not_recorded(u, false);
+}
+
+/*
+ * One file's row is in (err 0) or not; tag is the file's index. A request's
+ * rows commit together (db_insert_files), so they all answer alike. When the
+ * insert was sent and its answer lost (connection lost, timed out), the row
+ * may have committed: the files stay until a lookup says whether it did.
+ */
+static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
+{
+    struct upload *u = ud;
+    const char *vals[2];
+    int lens[2];
+
+    (void)tag;
+    (void)res;
+    if (err != 0 && u->insert_err == 0)
+        u->insert_err = err;
+    if (--u->inserts > 0)
+        return;
+    if (u->insert_err == 0) {
+        recorded(u);
+        return;
+    }
+    if (u->insert_err != -ECONNABORTED && u->insert_err != -ETIMEDOUT) {
+        not_recorded(u, false);
+        return;
+    }
+    met_inc(&u->ring->met.up_unknown);
+    vals[0] = u->files[0].id;
+    vals[1] = u->files[0].key;
+    lens[0] = (int)strlen(vals[0]);
+    lens[1] = (int)strlen(vals[1]);
+    if (db_query(&u->ring->db[0], DB_FILE_RECORDED, vals, lens, 2, 0, true, on_resolved, u, 0) < 0)
+        not_recorded(u, true);
+}
+
+/*
+ * Every file is linked: insert their rows, as one unit that commits together
+ * (one statement, with other requests' rows of this loop turn); the answer
+ * resumes the connection. Returns false when it answered at once instead (the
+ * caller goes on with the connection).
  */
 static bool insert_rows(struct conn *c, struct upload *u)
 {
+    struct db_file_row *rows;
     uint32_t i;
+    int ret;
 
     if (u->nfiles == 0) {
         fail(c, u, 400, "bad_request", "The form holds no file.");
         return false;
     }
-    conn_set_rdata(c, NULL, NULL); /* the inserts own the upload now */
-    u->inserts = u->nfiles;
+    rows = malloc(u->nfiles * sizeof(*rows));
+    if (rows == NULL)
+        log_oom();
     for (i = 0; i < u->nfiles; i++) {
-        struct db_file_row row = {
+        rows[i] = (struct db_file_row){
             u->files[i].id,  u->user, u->files[i].name, u->files[i].written, "queued",
             u->files[i].key, 0};
-        int ret = db_insert_file(&u->ring->db[0], &row, on_inserted, u, i);
-        if (ret < 0) {
-            /* Refused at once (database down, queue full): no row for this file. */
-            unlinkat(store_dirfd(), u->files[i].key, 0);
-            u->files[i].linked = false;
-            if (u->insert_err == 0)
-                u->insert_err = ret;
-            u->inserts--;
-        }
     }
-    if (u->inserts > 0)
+    ret = db_insert_files(&u->ring->db[0], rows, u->nfiles, on_inserted, u, 0);
+    free(rows);
+    conn_set_rdata(c, NULL, NULL); /* the inserts own the upload now */
+    if (ret == 0) {
+        u->inserts = u->nfiles;
         return true; /* the last answer resumes the connection */
-    /* Every row was refused at once: answer now, without resuming (we are inside a call). */
+    }
+    /* Refused at once (database down, queue full): no row; answer now, without resuming. */
+    for (i = 0; i < u->nfiles; i++) {
+        unlinkat(store_dirfd(), u->files[i].key, 0);
+        u->files[i].linked = false;
+    }
     count_failure(u, MET_UF_DATABASE);
     route_error(c, conn_head(c), 503, "database_unavailable",
                 "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
@@ -1141,6 +1281,7 @@ enum route_verdict route_upload_begin(struct conn *c, const char *user, const ch
     u->maxfiles = maxfiles;
     snprintf(u->user, sizeof(u->user), "%s", user);
     u->dbuf = -1;
+    u->dirfd = -1;
     conn_set_rdata(c, u, upload_gone);
     conn_set_reap(c, upload_reap);
     if (!multipart) {

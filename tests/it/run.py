@@ -1226,6 +1226,9 @@ strict.register(test)
 # token lookups under a flood of unknown tokens: tests/it/auth_flood.py
 import auth_flood  # noqa: E402
 auth_flood.register(test)
+# row inserts with lost answers, forms all or none, directory syncs: tests/it/durability.py
+import durability  # noqa: E402
+durability.register(test)
 
 
 # ==========================================================================
