@@ -1562,6 +1562,26 @@ def post_anon(port):
     return r
 
 
+def hold_pipes(env, fid, stuck):
+    """70 downloads of fid (8 MiB) by readers that read nothing, appended to stuck: each
+    holds one of the one worker's 64 pipes, full. Waits until all 64 are held."""
+    req = ("GET /v1/files/%s/content HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n"
+           % (fid, env.token)).encode()
+    for _ in range(70):
+        c = Conn(env.port)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.send(req)
+        stuck.append(c)
+    held = 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        held = db_routes.scrape(env.port).value("ringup_splice_pipes_in_use") or 0
+        if held >= 64:
+            break
+        time.sleep(0.2)
+    expect_eq("pipes held by the stalled readers", 64, held)
+
+
 @_test("upload: with every splice pipe held by readers that stopped, a download is sent "
        "through buffers instead, complete")
 def t_download_no_pipe(ctx):
@@ -1570,23 +1590,9 @@ def t_download_no_pipe(ctx):
         big = env.put_ok("hold.bin", body_of(8 * MIB), check_get=False)
         small = body_of(300000)
         doc = env.put_ok("small.bin", small, check_get=False)
-        req = ("GET /v1/files/%s/content HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n"
-               % (big["id"], env.token)).encode()
         stuck = []
         try:
-            # 70 readers that read nothing: each holds one of the worker's 64 pipes, full.
-            for _ in range(70):
-                c = Conn(env.port)
-                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                c.send(req)
-                stuck.append(c)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                held = db_routes.scrape(env.port).value("ringup_splice_pipes_in_use") or 0
-                if held >= 64:
-                    break
-                time.sleep(0.2)
-            expect_eq("pipes held by the stalled readers", 64, held)
+            hold_pipes(env, big["id"], stuck)
             m0 = db_routes.scrape(env.port)
             r = get_content(env.port, doc["id"], env.token)
             expect_status(r, 200)
@@ -1650,23 +1656,9 @@ def t_download_no_pipe_uncached(ctx):
         big = env.put_ok("hold.bin", body_of(8 * MIB), check_get=False)
         body = body_of(6 * MIB + 333)
         doc = env.put_ok("cold.bin", body, check_get=False)
-        req = ("GET /v1/files/%s/content HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n"
-               % (big["id"], env.token)).encode()
         stuck = []
         try:
-            for _ in range(70):
-                c = Conn(env.port)
-                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                c.send(req)
-                stuck.append(c)
-            held = 0
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                held = db_routes.scrape(env.port).value("ringup_splice_pipes_in_use") or 0
-                if held >= 64:
-                    break
-                time.sleep(0.2)
-            expect_eq("pipes held by the stalled readers", 64, held)
+            hold_pipes(env, big["id"], stuck)
             for attempt in range(3):
                 evict(os.path.join(env.storage, env.key(doc["id"])))
                 t0 = time.monotonic()
