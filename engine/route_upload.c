@@ -58,6 +58,7 @@
 #define FIELDS_MAX 65536   /* bytes of non-file form fields a request may carry */
 #define DIRECT_YIELD 32768 /* a read this short is a slow client: it gives its buffer back */
 #define SPLICE_MIN 65536   /* smaller bodies mostly come with the head: buffered (measured) */
+#define ROWS_ON_STACK 8    /* a request's rows described without allocating (5 by default) */
 #define FORM_SLACK 65536   /* form bytes besides files, fields and file part heads (form_max) */
 
 enum up_mode {
@@ -1004,11 +1005,11 @@ static void recorded(struct upload *u)
 /*
  * The rows are not in (keep false: their files go), or whether they are is
  * unknown (keep: the files stay for `ringup fsck`, which finds a row for
- * them or removes them). Either way the client is told to retry.
+ * them or removes them). Either way the client (c, if still there) is told
+ * to retry; the upload is freed.
  */
-static void not_recorded(struct upload *u, bool keep)
+static void unrecorded(struct upload *u, struct conn *c, bool keep)
 {
-    struct conn *c = conn_deref(u->ring, u->conn);
     uint32_t i;
 
     count_failure(u, MET_UF_DATABASE);
@@ -1022,12 +1023,20 @@ static void not_recorded(struct upload *u, bool keep)
             unlinkat(store_dirfd(), u->files[i].key, 0); /* an error path: a metadata syscall */
         u->files[i].linked = false;
     }
-    if (c != NULL) {
+    if (c != NULL)
         route_error(c, conn_head(c), 503, "database_unavailable",
                     "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
-        conn_resume(c);
-    }
     upload_dispose(u);
+}
+
+/* unrecorded(), from a database callback: the connection, if still there, goes on. */
+static void not_recorded(struct upload *u, bool keep)
+{
+    struct conn *c = conn_deref(u->ring, u->conn);
+
+    unrecorded(u, c, keep);
+    if (c != NULL)
+        conn_resume(c);
 }
 
 /* The answer to DB_FILE_RECORDED: are the rows in after all? */
@@ -1087,7 +1096,8 @@ static void on_inserted(void *ud, uint64_t tag, struct pg_result *res, int err)
  */
 static bool insert_rows(struct conn *c, struct upload *u)
 {
-    struct db_file_row *rows;
+    struct db_file_row stack[ROWS_ON_STACK];
+    struct db_file_row *rows = stack;
     uint32_t i;
     int ret;
 
@@ -1095,30 +1105,26 @@ static bool insert_rows(struct conn *c, struct upload *u)
         fail(c, u, 400, "bad_request", "The form holds no file.");
         return false;
     }
-    rows = malloc(u->nfiles * sizeof(*rows));
-    if (rows == NULL)
-        log_oom();
+    if (u->nfiles > ROWS_ON_STACK) {
+        rows = malloc(u->nfiles * sizeof(*rows));
+        if (rows == NULL)
+            log_oom();
+    }
     for (i = 0; i < u->nfiles; i++) {
         rows[i] = (struct db_file_row){
             u->files[i].id,  u->user, u->files[i].name, u->files[i].written, "queued",
             u->files[i].key, 0};
     }
     ret = db_insert_files(&u->ring->db[0], rows, u->nfiles, on_inserted, u, 0);
-    free(rows);
+    if (rows != stack)
+        free(rows);
     conn_set_rdata(c, NULL, NULL); /* the inserts own the upload now */
     if (ret == 0) {
         u->inserts = u->nfiles;
         return true; /* the last answer resumes the connection */
     }
     /* Refused at once (database down, queue full): no row; answer now, without resuming. */
-    for (i = 0; i < u->nfiles; i++) {
-        unlinkat(store_dirfd(), u->files[i].key, 0);
-        u->files[i].linked = false;
-    }
-    count_failure(u, MET_UF_DATABASE);
-    route_error(c, conn_head(c), 503, "database_unavailable",
-                "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
-    upload_dispose(u);
+    unrecorded(u, c, false);
     return false;
 }
 
