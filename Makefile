@@ -18,7 +18,7 @@ LDFLAGS += -fsanitize=$(SANITIZER)
 endif
 LIBS := -luring -lpq -lhiredis -lcjson -lcrypto -lmagic -lm -pthread
 
-ENGINE_SRC := $(sort $(wildcard engine/*.c))
+ENGINE_SRC := $(sort $(wildcard engine/*.c engine/*/*.c))
 PROTO_SRC  := $(sort $(wildcard proto/*.c))
 LIB_SRC    := $(filter-out engine/main.c,$(ENGINE_SRC)) $(PROTO_SRC)
 SQL_SRC    := $(sort $(wildcard engine/sql/*.sql))
@@ -28,7 +28,7 @@ LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) $(GEN_OBJ)
 LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
 BIN        := $(BUILD)/ringup
 
-UNIT_SRC   := $(sort $(wildcard tests/engine/*_test.c tests/proto/*_test.c tests/bench/*_test.c))
+UNIT_SRC   := $(sort $(wildcard tests/engine/*/*_test.c tests/proto/*_test.c tests/bench/*_test.c))
 UNIT_BIN   := $(UNIT_SRC:%.c=$(BUILD)/%)
 FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 REPLAY_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/replay/%)
@@ -125,16 +125,17 @@ build/fuzz/%: tests/fuzz/%.c $(LIB_SRC) build/gen/migrations.c
 
 # Layering rules of STYLE.md, and every header compiling on its own.
 check:
-	@! grep -nE '#include <(liburing|libpq-fe|hiredis/hiredis)\.h>' proto/*.c proto/*.h engine/*.h \
+	@! grep -nE '#include <(liburing|libpq-fe|hiredis/hiredis)\.h>' proto/*.c proto/*.h engine/*.h engine/*/*.h \
 	    || { echo "check: liburing/libpq/hiredis included outside engine/*.c"; exit 1; }
 	@! grep -nE '#include "engine/' proto/*.c proto/*.h \
 	    || { echo "check: proto/ includes engine/"; exit 1; }
-	@for h in engine/*.h proto/*.h; do \
+	@for h in engine/*.h engine/*/*.h proto/*.h; do \
 	    echo "#include \"$$h\"" | $(CC) $(BASE_CFLAGS) $(WARN) -fsyntax-only -x c - \
 	        || { echo "check: $$h is not self-contained"; exit 1; }; done
 	@echo "check: ok"
 
-FORMAT_SRC = $(wildcard engine/*.[ch] proto/*.[ch] tests/*/*.[ch] bench/*.[ch] bench/load/*.[ch])
+FORMAT_SRC = $(wildcard engine/*.[ch] engine/*/*.[ch] proto/*.[ch] tests/*/*.[ch] tests/*/*/*.[ch] \
+                        bench/*.[ch] bench/load/*.[ch])
 format:
 	clang-format -i $(FORMAT_SRC)
 

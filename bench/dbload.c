@@ -18,11 +18,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/cfg.h"
-#include "engine/db.h"
-#include "engine/log.h"
-#include "engine/ring.h"
-#include "engine/store.h"
+#include "engine/core/cfg.h"
+#include "engine/core/log.h"
+#include "engine/core/ring.h"
+#include "engine/db/db.h"
+#include "engine/store/store.h"
 
 struct load {
     unsigned long issued;
@@ -57,6 +57,7 @@ int main(int argc, char **argv)
 {
     static struct cfg cfg;
     static struct ring r;
+    static struct db_pool db;
     char err[CFG_ERR_MAX];
     unsigned long rows = 20000;
     unsigned long inflight = 256;
@@ -99,16 +100,17 @@ int main(int argc, char **argv)
     cfg.db_pool_max = pool;
     cfg.db_max_connections = pool;
     log_setup(CFG_LOG_WARN, cfg.log_format, "dbload");
-    if (ring_init_local(&r, &cfg) < 0) {
+    if (ring_init(&r, &cfg, 0) < 0) {
         fprintf(stderr, "dbload: cannot set up a ring\n");
         return 1;
     }
-    r.db[0].batch_off = !batch;
+    db_pool_init(&db, &r, 0, cfg.database_url, "primary", pool, pool);
+    db.batch_off = !batch;
     snprintf(owner, sizeof(owner), "dbload-%d", (int)getpid());
 
     /* Let the slice open its connections before the clock starts. */
     t0 = now_s();
-    while (r.db[0].ready < pool && now_s() - t0 < 10)
+    while (db.ready < pool && now_s() - t0 < 10)
         ring_turn(&r, 10);
 
     t0 = now_s();
@@ -134,7 +136,7 @@ int main(int argc, char **argv)
             row.status = "queued";
             row.storage_key = key;
             row.priority = 0;
-            ret = db_insert_file(&r.db[0], &row, on_row, &l, 0);
+            ret = db_insert_file(&db, &row, on_row, &l, 0);
             if (ret == -EAGAIN)
                 break;
             if (ret < 0) {
@@ -152,6 +154,8 @@ int main(int argc, char **argv)
     printf("rows=%lu inflight=%lu pool=%u batch=%s seconds=%.3f rows_per_s=%.0f failed=%lu%s%s\n",
            l.done, inflight, pool, batch ? "on" : "off", secs, (double)l.done / secs, l.failed,
            l.first_err != 0 ? " first_error=" : "", l.first_err != 0 ? strerror(-l.first_err) : "");
-    ring_fini_local(&r);
+    db_pool_stop(&db);
+    db_pool_free(&db);
+    ring_fini(&r);
     return l.done == rows && l.failed == (dup_every != 0 ? rows / dup_every : 0) ? 0 : 1;
 }

@@ -32,7 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/store.h"
+#include "engine/store/store.h"
 
 enum mode { MODE_TMPFILE, MODE_RENAME };
 

@@ -28,8 +28,8 @@
 
 #include <libpq-fe.h>
 
-#include "engine/store.h"
-#include "engine/token.h"
+#include "engine/db/token.h"
+#include "engine/store/store.h"
 
 /*
  * Key of the advisory lock every migration transaction takes first: the

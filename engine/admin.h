@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/cfg.h"
+#include "engine/core/cfg.h"
 
 #define ADMIN_USER_MAX 64           /* longest user name accepted by token create */
 #define ADMIN_ANONYMOUS "anonymous" /* owner of ALLOW_ANONYMOUS uploads; no token's user */

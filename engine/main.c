@@ -7,10 +7,10 @@
 #include <string.h>
 
 #include "engine/admin.h"
-#include "engine/cfg.h"
-#include "engine/log.h"
+#include "engine/core/cfg.h"
+#include "engine/core/log.h"
 #include "engine/srv.h"
-#include "engine/store.h"
+#include "engine/store/store.h"
 
 #define RINGUP_VERSION "0.1.0"
 

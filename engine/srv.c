@@ -10,11 +10,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/db.h"
-#include "engine/log.h"
-#include "engine/met.h"
-#include "engine/ring.h"
-#include "engine/store.h"
+#include "engine/core/log.h"
+#include "engine/core/met.h"
+#include "engine/db/db.h"
+#include "engine/store/store.h"
+#include "engine/worker.h"
 
 #define VERSION_STRING "0.1.0"
 
@@ -48,38 +48,38 @@ static void retry_resolve(const struct cfg *cfg)
             log_info("database host resolved", "pool=%s", id == 0 ? "primary" : "read");
 }
 
-static bool all_finished(struct ring *rings, uint32_t n)
+static bool all_finished(struct worker *workers, uint32_t n)
 {
     uint32_t i;
 
     for (i = 0; i < n; i++)
-        if (!ring_finished(&rings[i]))
+        if (!worker_finished(&workers[i]))
             return false;
     return true;
 }
 
-static bool any_finished(struct ring *rings, uint32_t n)
+static bool any_finished(struct worker *workers, uint32_t n)
 {
     uint32_t i;
 
     for (i = 0; i < n; i++)
-        if (ring_finished(&rings[i]))
+        if (worker_finished(&workers[i]))
             return true;
     return false;
 }
 
-static void stop_all(struct ring *rings, uint32_t n)
+static void stop_all(struct worker *workers, uint32_t n)
 {
     uint32_t i;
 
     for (i = 0; i < n; i++)
-        ring_stop(&rings[i]);
+        worker_stop(&workers[i]);
 }
 
 int srv_serve(const struct cfg *cfg)
 {
     struct timespec tick = {0, 100 * 1000000};
-    struct ring *rings;
+    struct worker *workers;
     uint32_t started = 0;
     uint32_t set_up = 0;
     bool stopping = false;
@@ -113,38 +113,38 @@ int srv_serve(const struct cfg *cfg)
     }
     log_info("storage ready", "dir=%s link=%s", cfg->storage_dir,
              store_flink() ? "descriptor" : "proc-path");
-    rings = calloc(cfg->workers, sizeof(*rings));
-    if (rings == NULL)
+    workers = calloc(cfg->workers, sizeof(*workers));
+    if (workers == NULL)
         log_oom();
     for (set_up = 0; set_up < cfg->workers; set_up++) {
-        if (ring_setup(&rings[set_up], cfg, set_up) < 0) {
+        if (worker_setup(&workers[set_up], cfg, set_up) < 0) {
             status = 1;
             goto out_teardown;
         }
-        met_register(&rings[set_up].met);
+        met_register(&workers[set_up].ring.met);
     }
     for (started = 0; started < cfg->workers; started++) {
-        ret = ring_start(&rings[started]);
+        ret = worker_start(&workers[started]);
         if (ret < 0) {
             log_error("worker start failed", "worker=%u error=%s", started, strerror(-ret));
             status = 1;
             stopping = true;
-            stop_all(rings, started);
+            stop_all(workers, started);
             goto out_join;
         }
     }
     log_info("listening", "addr=%s workers=%u version=%s", cfg->listen, cfg->workers,
              VERSION_STRING);
-    while (!all_finished(rings, cfg->workers)) {
+    while (!all_finished(workers, cfg->workers)) {
         int sig = sigtimedwait(&set, NULL, &tick);
         if (sig < 0 && ++ticks % RESOLVE_TICKS == 0)
             retry_resolve(cfg);
         if (sig < 0) {
-            if (!stopping && any_finished(rings, cfg->workers)) {
+            if (!stopping && any_finished(workers, cfg->workers)) {
                 log_error("a worker ended, stopping", "workers=%u", cfg->workers);
                 status = 1;
                 stopping = true;
-                stop_all(rings, cfg->workers);
+                stop_all(workers, cfg->workers);
             }
             continue;
         }
@@ -155,17 +155,17 @@ int srv_serve(const struct cfg *cfg)
         log_info("stopping", "signal=%s shutdown_timeout_ms=%u", strsignal(sig),
                  cfg->shutdown_timeout);
         stopping = true;
-        stop_all(rings, cfg->workers);
+        stop_all(workers, cfg->workers);
     }
 
 out_join:
     for (i = 0; i < started; i++)
-        if (ring_join(&rings[i]) != 0)
+        if (worker_join(&workers[i]) != 0)
             status = 1;
 out_teardown:
     for (i = 0; i < set_up; i++)
-        ring_teardown(&rings[i]);
-    free(rings);
+        worker_teardown(&workers[i]);
+    free(workers);
     if (status == 0)
         log_info("stopped", "workers=%u", cfg->workers);
     return status;

@@ -5,7 +5,7 @@
 #ifndef ENGINE_SRV_H
 #define ENGINE_SRV_H
 
-#include "engine/cfg.h"
+#include "engine/core/cfg.h"
 
 /*
  * Serve until SIGTERM/SIGINT, then stop accepting, let requests in flight

@@ -9,7 +9,7 @@
  * rely on: errors are one non-empty line, a refused value changes nothing,
  * LISTEN's parts agree, and cfg_print writes one line per setting.
  */
-#include "engine/cfg.h"
+#include "engine/core/cfg.h"
 
 #include <errno.h>
 #include <stdlib.h>
