@@ -432,7 +432,7 @@ static void cancel_recv(struct conn *c)
     c->inflight++;
 }
 
-/* The receive has stopped and every received byte went to the route: the socket is its. */
+/* The receive has stopped and every received byte went to the handler: the socket is its. */
 static void maybe_detach(struct conn *c)
 {
     conn_op_fn fn = c->detach_fn;
@@ -542,7 +542,8 @@ void conn_close(struct conn *c)
         return;
     c->state = CONN_CLOSING;
     tmr_cancel(&c->ring->timers, &c->timer);
-    /* A held buffer may still be read by the route's op: it goes back in finalize. */
+    /* A held buffer may still be read by the handler's op (or a pinning one): it goes back in
+     * finalize. */
     if (c->held == 0)
         drop_input(c);
     release_head(c);
@@ -604,7 +605,7 @@ static void on_timer(struct tmr *t)
     if (c->waiting &&
         (c->out_first == NULL || c->active_ms + r->cfg->connection_timeout > r->now_ms)) {
         /*
-         * The server is the slow one (a database answer, a disk write): the route's
+         * The server is the slow one (a database answer, a disk write): the handler's
          * own timeouts apply. But output that the client has not taken for
          * CONNECTION_TIMEOUT (a download nobody reads) is the client's stall.
          */
@@ -665,7 +666,7 @@ static void complete_request(struct conn *c)
         conn_close_after(c);
 }
 
-/* Ask the route again after a skipped body; it may answer later (waiting). */
+/* Ask the handler again after a skipped body; it may answer later (waiting). */
 static void ask_after_skip(struct conn *c)
 {
     c->body = BODY_DISCARD;
@@ -684,7 +685,7 @@ static bool body_taken(const struct conn *c)
 static void finish_request(struct conn *c)
 {
     if (c->waiting) {
-        /* The route is busy (opening its file...): come back when it resumes us. */
+        /* The handler is busy (opening its file...): come back when it resumes us. */
         c->done_pending = 1;
         return;
     }
@@ -716,7 +717,7 @@ static void fail(struct conn *c, int err)
 }
 
 /*
- * Body bytes of a request whose route takes none. While the route waits,
+ * Body bytes of a request whose handler takes none. While the handler waits,
  * skip up to CONN_DISCARD_MAX, then have it answer and close; bytes after an
  * answer are skipped the same way.
  */
@@ -734,7 +735,7 @@ static void skip_body(struct conn *c, size_t n)
  * The client shut its write side and every byte it sent is parsed: nothing
  * more can arrive. The connection closes once what is queued is sent: the
  * answers to requests it sent in full, or, for a request cut short, whatever
- * was already said. A route still working on a request answers it first.
+ * was already said. A handler still working on a request answers it first.
  */
 static void after_peer_eof(struct conn *c)
 {
@@ -959,7 +960,7 @@ void conn_io_progress(struct conn *c, uint64_t n, bool in)
 void conn_body_read(struct conn *c)
 {
     if (http_body_done(&c->hp) < 0) {
-        /* The route read a body the parser does not know of: a bug, not the client's. */
+        /* The handler read a body the parser does not know of: a bug, not the client's. */
         log_error("body read around the parser without one", "worker=%u", c->ring->id);
         conn_close(c);
         return;
@@ -1146,7 +1147,7 @@ static void on_send(void *ctx, uint32_t idx, uint32_t gen, const struct io_uring
         return;
     }
     if (c->close_after) {
-        /* A route still producing the response (a download) finishes first. */
+        /* A handler still producing the response (a download) finishes first. */
         if (c->state != CONN_LINGER && !c->waiting)
             start_linger(c);
         return;
@@ -1215,7 +1216,7 @@ static void drain_one(struct conn *c)
     if (c->state == CONN_IDLE || (c->state == CONN_BODY && c->answered))
         conn_close_after(c);
     /*
-     * Answered is not finished: a route still sending the body (a splice in
+     * Answered is not finished: a handler still sending the body (a splice in
      * flight, its output chain empty) closes the connection when it is done.
      */
     if (c->close_after && c->out_first == NULL && c->state != CONN_LINGER && !c->waiting)

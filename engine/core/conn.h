@@ -3,7 +3,8 @@
  * worker's pool, addressed in user_data by (index, generation). It receives
  * through the worker's multishot recv into provided buffers, queues the
  * buffers it has not consumed yet, feeds them to proto/http, hands events to
- * route_*, and sends what the routes queue on its output chain.
+ * the handler its pool was given, and sends what the handler queues on its
+ * output chain. It knows no route, no storage and no database.
  *
  * Lifetime: created at accept, closed by conn_close() from any state. Close
  * cancels every op of the connection and frees the slot only after the last
@@ -23,7 +24,7 @@ struct ring;
 struct conn;
 struct io_uring_sqe;
 
-/* Completion of a route's own op (a file write...), with the CQE's result. */
+/* Completion of a handler's own op (a file read...), with the CQE's result. */
 typedef void (*conn_op_fn)(struct conn *c, int res);
 
 /* What a request's handler did with an event of the request. */
@@ -60,7 +61,7 @@ typedef enum conn_verdict (*conn_body_fn)(struct conn *c, struct http_span body)
 typedef enum conn_verdict (*conn_end_fn)(struct conn *c);
 #define CONN_CHUNK 1024        /* slots allocated at a time */
 #define CONN_OUT_HIGH 262144   /* output bytes queued before input is paused */
-#define CONN_DISCARD_MAX 65536 /* body bytes skipped for a route that takes none */
+#define CONN_DISCARD_MAX 65536 /* body bytes skipped for a handler that takes none */
 #define CONN_LINGER_MS 2000    /* longest lingering close */
 #define CONN_INPUT_MAX 8       /* queued receive buffers before recv is paused */
 #define CONN_OBUF_SIZE 16384   /* bytes of a standard output buffer */
@@ -92,7 +93,7 @@ void conn_close_all(struct conn_pool *p);
 /* Close a connection (any state); logs nothing, the caller decides. */
 void conn_close(struct conn *c);
 
-/* ---- for route handlers ---- */
+/* ---- for handlers ---- */
 
 /*
  * Room for n bytes at the end of the output chain. Never fails (aborts when
@@ -144,7 +145,7 @@ bool conn_body_detached(const struct conn *c);
 void conn_answered(struct conn *c, int status);
 
 /*
- * A reference that survives the connection: a route that answers later keeps
+ * A reference that survives the connection: a handler that answers later keeps
  * this instead of a pointer, and conn_deref() gives the connection back, or
  * NULL if it closed (or stopped waiting) meanwhile.
  */
@@ -167,7 +168,7 @@ void conn_resume(struct conn *c);
 /* The current request's head (valid until the request completes). */
 const struct http_head *conn_head(const struct conn *c);
 
-/* ---- routes that take a body ---- */
+/* ---- handlers that take a body ---- */
 
 /*
  * From now on the current request's body goes to body(), and its end to
@@ -177,7 +178,7 @@ const struct http_head *conn_head(const struct conn *c);
 void conn_take_body(struct conn *c, conn_body_fn body, conn_end_fn end);
 
 /*
- * A submission entry for a route's own op on this connection (e.g. writing a
+ * A submission entry for a handler's own op on this connection (e.g. reading a
  * body span to a file); fn(c, res) runs at its completion, or not at all if
  * the connection closed meanwhile (then the reap hook, if any, sees res and
  * rdata_free cleans up). One at a time.
@@ -185,14 +186,14 @@ void conn_take_body(struct conn *c, conn_body_fn body, conn_end_fn end);
 struct io_uring_sqe *conn_op_sqe(struct conn *c, conn_op_fn fn);
 
 /*
- * Per-request route state: conn calls free_fn(rdata) if the connection
- * closes while it is set. A route that finishes clears it (NULL, NULL).
+ * Per-request handler state: conn calls free_fn(rdata) if the connection
+ * closes while it is set. A handler that finishes clears it (NULL, NULL).
  */
 void conn_set_rdata(struct conn *c, void *rdata, void (*free_fn)(void *rdata));
 
 /*
  * For rdata set last (conn_set_rdata clears it): when the connection is closing
- * and the route's op completes, conn calls reap(rdata, fn, res), fn being the
+ * and the handler's op completes, conn calls reap(rdata, fn, res), fn being the
  * op's callback, before free_fn. An op that made something (a descriptor, a
  * link) records it there, so that free_fn releases it too.
  */
@@ -205,7 +206,7 @@ void conn_set_reap(struct conn *c, void (*reap)(void *rdata, conn_op_fn fn, int 
  */
 void conn_on_drain(struct conn *c, conn_op_fn fn);
 
-/* Send what is queued now (routes that fill the output outside a request event). */
+/* Send what is queued now (handlers that fill the output outside a request event). */
 void conn_flush(struct conn *c);
 
 /* Like conn_on_drain(), but once every queued byte has been sent. */
@@ -217,15 +218,15 @@ void conn_on_sent(struct conn *c, conn_op_fn fn);
  */
 struct conn *conn_find(struct conn_pool *p, uint64_t ref);
 
-/* ---- routes that move bytes on the socket themselves ---- */
+/* ---- handlers that move bytes on the socket themselves ---- */
 
 /*
- * The route reads the rest of the current Content-Length body from the
+ * The handler reads the rest of the current Content-Length body from the
  * socket itself (splice, O_DIRECT). The receive is stopped; bytes already
- * received still go to route_body(); then fn(c, 0) runs with the socket the
- * route's (c->fd, a direct descriptor) and http_content_length() bytes left
+ * received still go to the body callback; then fn(c, 0) runs with the socket
+ * the handler's (conn_fd(), a direct descriptor) and http_content_length() left
  * in it. If the body ends in what was already received, fn never runs and
- * route_body_end() comes as usual. While the route reads, CONNECTION_TIMEOUT
+ * the end callback comes as usual. While the handler reads, CONNECTION_TIMEOUT
  * counts from its last conn_io_progress(); past it the connection is closed.
  * A NULL fn takes the request back (the connection receives as before).
  */
@@ -233,22 +234,22 @@ void conn_detach_body(struct conn *c, conn_op_fn fn);
 
 /*
  * Wait until the socket is ready for events (POLLIN, POLLOUT): fn(c, mask or
- * -errno) runs then, as for conn_op_sqe(). For routes that move bytes on the
+ * -errno) runs then, as for conn_op_sqe(). For handlers that move bytes on the
  * socket themselves.
  */
 void conn_poll(struct conn *c, unsigned events, conn_op_fn fn);
 
-/* The route moved n bytes on the socket (reads count as received bytes when in is true). */
+/* The handler moved n bytes on the socket (reads count as received bytes when in is true). */
 void conn_io_progress(struct conn *c, uint64_t n, bool in);
 
 /*
- * The route read the body's last byte: the message is complete, the
- * connection receives again, and route_body_end() follows (from this call).
+ * The handler read the body's last byte: the message is complete, the
+ * connection receives again, and the end callback follows (from this call).
  */
 void conn_body_read(struct conn *c);
 
 /*
- * The route sends (splices) a response body itself after conn_on_sent():
+ * The handler sends (splices) a response body itself after conn_on_sent():
  * stalls count against CONNECTION_TIMEOUT from its last conn_io_progress().
  * on is false once it is done.
  */
