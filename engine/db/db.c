@@ -20,6 +20,42 @@
 #include "engine/core/log.h"
 #include "engine/core/ring.h"
 
+/*
+ * Result columns, next to the SQL that selects them (keep both in the same
+ * order): callers read rows only through the accessors at the end of this
+ * file.
+ */
+enum token_col { TOKEN_USER }; /* DB_TOKEN_LOOKUP: user_name */
+
+/* FILE_COLS: a file's metadata, for DB_FILE_GET, DB_FILE_LIST and DB_FILE_LIST_AFTER. */
+enum file_col {
+    FILE_ID,
+    FILE_NAME,
+    FILE_SIZE,
+    FILE_MIME,
+    FILE_SHA256,
+    FILE_STATUS,
+    FILE_CREATED,
+    FILE_PROCESSED,
+    FILE_ERROR,
+};
+#define FILE_COLS                                                                                  \
+    "id::text, name, size, mime, sha256, status, "                                                 \
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "                \
+    "to_char(processed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), error"
+
+enum delete_col { DELETE_KEY }; /* DB_FILE_DELETE: RETURNING storage_key */
+
+/* DB_FILE_CONTENT: storage_key, size, name, mime, sha256, status */
+enum content_col {
+    CONTENT_KEY,
+    CONTENT_SIZE,
+    CONTENT_NAME,
+    CONTENT_MIME,
+    CONTENT_SHA256,
+    CONTENT_STATUS,
+};
+
 /* Statement SQL, indexed by enum db_stmt; names are "s<n>". */
 static const struct {
     const char *sql;
@@ -28,10 +64,6 @@ static const struct {
     [DB_TOKEN_LOOKUP] = {"SELECT user_name FROM api_tokens WHERE token_hash = $1::bytea AND "
                          "revoked_at IS NULL",
                          1},
-#define FILE_COLS                                                                                  \
-    "id::text, name, size, mime, sha256, status, "                                                 \
-    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "                \
-    "to_char(processed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), error"
     [DB_FILE_GET] = {"SELECT " FILE_COLS " FROM files WHERE id = $1::uuid AND owner = $2", 2},
     [DB_FILE_LIST] = {"SELECT " FILE_COLS " FROM files WHERE owner = $1 "
                       "ORDER BY created_at DESC, id DESC LIMIT $2::integer",
@@ -1103,4 +1135,50 @@ void db_pool_free(struct db_pool *p)
         p->free_q = q->next;
         free(q);
     }
+}
+
+/* ---- rows of the statements' results ---- */
+
+/* A column's text, or NULL for SQL NULL. */
+static const char *nullable(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+int db_rows(const struct pg_result *res)
+{
+    return PQntuples(res);
+}
+
+const char *db_token_user(const struct pg_result *res, int row)
+{
+    return PQgetvalue(res, row, TOKEN_USER);
+}
+
+void db_file_meta_get(const struct pg_result *res, int row, struct db_file_meta *m)
+{
+    m->id = PQgetvalue(res, row, FILE_ID);
+    m->name = PQgetvalue(res, row, FILE_NAME);
+    m->size = strtoull(PQgetvalue(res, row, FILE_SIZE), NULL, 10);
+    m->mime = nullable(res, row, FILE_MIME);
+    m->sha256 = nullable(res, row, FILE_SHA256);
+    m->status = PQgetvalue(res, row, FILE_STATUS);
+    m->created_at = nullable(res, row, FILE_CREATED);
+    m->processed_at = nullable(res, row, FILE_PROCESSED);
+    m->error = nullable(res, row, FILE_ERROR);
+}
+
+void db_file_content_get(const struct pg_result *res, int row, struct db_file_content *f)
+{
+    f->storage_key = PQgetvalue(res, row, CONTENT_KEY);
+    f->size = strtoull(PQgetvalue(res, row, CONTENT_SIZE), NULL, 10);
+    f->name = PQgetvalue(res, row, CONTENT_NAME);
+    f->mime = nullable(res, row, CONTENT_MIME);
+    f->sha256 = nullable(res, row, CONTENT_SHA256);
+    f->status = PQgetvalue(res, row, CONTENT_STATUS);
+}
+
+const char *db_file_deleted_key(const struct pg_result *res, int row)
+{
+    return PQgetvalue(res, row, DELETE_KEY);
 }

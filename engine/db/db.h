@@ -216,4 +216,45 @@ int db_insert_files(struct db_pool *p, const struct db_file_row *rows, unsigned 
 int db_insert_file(struct db_pool *p, const struct db_file_row *row, db_cb cb, void *ud,
                    uint64_t tag);
 
+/*
+ * ---- rows of the statements' results ----
+ * For a db_cb's res (err 0) of the statement named; row < db_rows(res).
+ * Strings point into res: valid during the callback only. The column order
+ * is db.c's business.
+ */
+
+/* Rows in a result. */
+int db_rows(const struct pg_result *res);
+
+/* DB_TOKEN_LOOKUP: the token's user. */
+const char *db_token_user(const struct pg_result *res, int row);
+
+/* One file's metadata: a row of DB_FILE_GET, DB_FILE_LIST or DB_FILE_LIST_AFTER. */
+struct db_file_meta {
+    const char *id;           /* UUID text */
+    const char *name;         /* the stored file name */
+    uint64_t size;            /* bytes */
+    const char *mime;         /* sniffed type, NULL until known */
+    const char *sha256;       /* lowercase hex, NULL until hashed */
+    const char *status;       /* uploading, queued, processing, ready, rejected, failed */
+    const char *created_at;   /* RFC 3339 UTC with microseconds (NULL only if the row has none) */
+    const char *processed_at; /* the same, NULL until processed */
+    const char *error;        /* why it failed or was rejected, else NULL */
+};
+void db_file_meta_get(const struct pg_result *res, int row, struct db_file_meta *m);
+
+/* A row of DB_FILE_CONTENT: what a download needs. */
+struct db_file_content {
+    const char *storage_key; /* objects/ab/cd/<id>, relative to STORAGE_DIR */
+    uint64_t size;           /* bytes */
+    const char *name;        /* the stored file name */
+    const char *mime;        /* NULL until sniffed */
+    const char *sha256;      /* NULL until hashed */
+    const char *status;      /* as in struct db_file_meta */
+};
+void db_file_content_get(const struct pg_result *res, int row, struct db_file_content *f);
+
+/* DB_FILE_DELETE: the storage key of the deleted row. */
+const char *db_file_deleted_key(const struct pg_result *res, int row);
+
 #endif /* ENGINE_DB_DB_H */

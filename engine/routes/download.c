@@ -1,5 +1,5 @@
 /*
- * route_download: GET/HEAD /v1/files/{id}/content. The file is opened
+ * download: GET/HEAD /v1/files/{id}/content. The file is opened
  * through the ring; once the head is sent, the body is spliced file -> pooled
  * pipe -> socket and never enters user space. When the worker's pipes are all
  * lent out (many slow readers), the download is read in steps into the
@@ -7,8 +7,7 @@
  * client has taken (conn_on_drain), so a slow reader holds one chunk of
  * memory, not the file.
  */
-#include "engine/routes/route.h"
-#include "engine/routes/router.h"
+#include "engine/routes/download.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +22,8 @@
 #include "engine/core/conn.h"
 #include "engine/core/log.h"
 #include "engine/core/ring.h"
+#include "engine/routes/env.h"
+#include "engine/routes/reply.h"
 #include "engine/store/store.h"
 #include "engine/store/xfer.h"
 
@@ -284,14 +285,14 @@ static void on_open(struct conn *c, int res)
         log_error("stored file missing", "key=%s error=%s", d->key, strerror(-res));
         conn_set_rdata(c, NULL, NULL);
         dl_free(d);
-        route_error(c, h, res == -ENOENT ? 404 : 500,
+        reply_error(c, h, res == -ENOENT ? 404 : 500,
                     res == -ENOENT ? "not_found" : "internal_error",
                     res == -ENOENT ? "No such file." : "The file cannot be read.", close, NULL);
         conn_resume(c);
         return;
     }
     d->fd = res;
-    route_respond_head(c, h, d->status, d->ctype, d->end - d->pos, d->close, d->extra);
+    reply_head(c, h, d->status, d->ctype, d->end - d->pos, d->close, d->extra);
     if (h->method == HTTP_HEAD || d->pos >= d->end) {
         finish(c, d);
         return;
@@ -318,7 +319,7 @@ enum conn_verdict route_download_begin(struct conn *c, const char *key, uint64_t
     if (r == -ERANGE) {
         char extra[64];
         snprintf(extra, sizeof(extra), "Content-Range: bytes */%llu\r\n", (unsigned long long)size);
-        route_error(c, h, 416, "range_not_satisfiable", "The range is outside the file.", close,
+        reply_error(c, h, 416, "range_not_satisfiable", "The range is outside the file.", close,
                     extra);
         return CONN_ANSWERED;
     }

@@ -1,4 +1,4 @@
-/* Unit tests for engine/route_files.c: the list route's ?limit and ?after. */
+/* Unit tests for engine/routes/files.c: the list route's ?limit and ?after. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -46,7 +46,7 @@ static void test_parse_list(void **state)
 {
     char cur[IDS_CURSOR_MAX];
     char req[512];
-    struct v1_req q;
+    struct files_req q;
 
     (void)state;
     memset(&q, 0, sizeof(q));
