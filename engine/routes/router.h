@@ -15,6 +15,7 @@ struct cfg;
 struct db_pool;
 struct auth_cache;
 struct xfer;
+struct sink_pool;
 
 /* What the routes reach of their worker (conn_ctx() of each connection). */
 struct router {
@@ -25,6 +26,7 @@ struct router {
     uint8_t ndb;
     struct auth_cache *auth;
     struct xfer *xfer;
+    struct sink_pool *sinks; /* storage sinks */
 };
 
 /* The handler given to conn_pool_new(), with a struct router as its ctx. */
