@@ -283,13 +283,16 @@ static void init_tenants(struct worker *w)
     w->conns = conn_pool_new(r, &router_handler, &w->router);
     w->router.conns = w->conns;
     /* O_DIRECT uploads end with a truncate to the exact size: no ftruncate op, no O_DIRECT. */
-    xfer_init(&w->xfer, r, w->conns, w->cfg->direct_io_threshold > 0 && r->has_ftruncate);
+    xfer_init(&w->xfer, r, w->cfg->direct_io_threshold > 0 && r->has_ftruncate);
+    sink_pool_init(&w->sinks, r, &w->xfer);
+    w->router.sinks = &w->sinks;
     ring_on_turn(r, flush_log, w);
 }
 
 /* Reverse order of init_tenants(), after the loop ended. */
 static void fini_tenants(struct worker *w)
 {
+    sink_pool_fini(&w->sinks);
     xfer_fini(&w->xfer);
     conn_pool_free(w->conns);
     w->conns = NULL;
@@ -302,7 +305,9 @@ static bool done(struct worker *w)
 {
     unsigned i;
 
-    if (!w->stopping || conn_pool_open(w->conns) != 0 || w->listen_fd >= 0)
+    /* Sinks given up by closed connections finish their last op first. */
+    if (!w->stopping || conn_pool_open(w->conns) != 0 || sink_pool_draining(&w->sinks) != 0 ||
+        w->listen_fd >= 0)
         return false;
     /* Requests are all answered: the database slices can go. */
     if (!w->db_stopped) {

@@ -21,6 +21,7 @@
 #include "engine/db/auth.h"
 #include "engine/db/db.h"
 #include "engine/routes/router.h"
+#include "engine/store/sink.h"
 #include "engine/store/xfer.h"
 
 struct conn_pool;
@@ -48,6 +49,7 @@ struct worker {
     bool db_stopped;                /* db_pool_stop() done at shutdown */
     struct auth_cache auth;         /* bearer tokens seen lately */
     struct xfer xfer;               /* splice pipes and O_DIRECT buffers */
+    struct sink_pool sinks;         /* storage sinks */
     struct router router;           /* what the routes reach of this worker */
     struct log_buf log;             /* this worker's log lines */
     size_t log_off;                 /* bytes of the in-flight log buffer already written */

@@ -547,7 +547,12 @@ void conn_close(struct conn *c)
     if (c->held == 0)
         drop_input(c);
     release_head(c);
-    if (c->inflight > 0) {
+    /*
+     * Ops on the socket end now: the connection's own, and a pinning
+     * subsystem's (a storage sink's poll) that would otherwise wait for the
+     * client, holding the pin and the socket open.
+     */
+    if (c->inflight > 0 || c->pins > 0) {
         sqe = ring_sqe(c->ring);
         io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
         io_uring_sqe_set_data64(sqe, ring_ud(c->pool->kind_done, c->gen, c->idx));

@@ -56,6 +56,34 @@ static const char *const up_routes[MET_UP__N] = {"put", "post", "tus"};
 static const char *const up_fails[MET_UF__N] = {"too_large", "storage_full", "storage_error",
                                                 "database", "client_gone"};
 
+static const char *const sink_fails[MET_SF__N] = {"no_space", "io_error", "source", "busy"};
+
+static void render_sinks(struct prom_buf *b)
+{
+    char labels[64];
+    unsigned f;
+
+    scalar(b, "ringup_sinks_open", "gauge",
+           "Storage sinks in use, aborted ones whose last op is still in flight included.",
+           SUM(sinks_open));
+    scalar(b, "ringup_sink_committed_total", "counter",
+           "Storage sinks that committed their object (written, synced with FSYNC, linked).",
+           SUM(sink_committed));
+    prom_family(b, "ringup_sink_failed_total", "counter",
+                "Storage sinks that failed, by reason (no_space; io_error: any other filesystem "
+                "error; source: the socket read from failed; busy: no pipe or O_DIRECT buffer "
+                "within CONNECTION_TIMEOUT).");
+    for (f = 0; f < MET_SF__N; f++) {
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", sink_fails[f]);
+        prom_sample(b, "ringup_sink_failed_total", labels,
+                    (double)sum(offsetof(struct met_worker, sink_failed) + f * sizeof(uint64_t)));
+    }
+    scalar(b, "ringup_sink_aborted_total", "counter",
+           "Storage sinks given up by their caller before an outcome (the client went away, "
+           "the request failed); what they made is removed.",
+           SUM(sink_aborted));
+}
+
 static void render_uploads(struct prom_buf *b)
 {
     uint64_t counts[MET_DUR_BUCKETS + 1];
@@ -299,4 +327,5 @@ void met_render(struct prom_buf *b)
            "Connections closed after presenting too many bad tokens.", SUM(auth_strikeouts));
     render_db(b);
     render_uploads(b);
+    render_sinks(b);
 }

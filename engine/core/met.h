@@ -26,6 +26,15 @@ enum met_up_fail {
     MET_UF__N,
 };
 
+/* Why a storage sink failed, as a metric label. */
+enum met_sink_fail {
+    MET_SF_NO_SPACE, /* ENOSPC, EDQUOT */
+    MET_SF_IO,       /* any other error of the filesystem */
+    MET_SF_SOURCE,   /* the socket it read from failed or ended early */
+    MET_SF_BUSY,     /* a pipe or O_DIRECT buffer stayed lent for CONNECTION_TIMEOUT */
+    MET_SF__N,
+};
+
 /* One database pool of one worker. */
 struct met_db {
     uint64_t open;                     /* gauge: connections open or opening */
@@ -84,6 +93,11 @@ struct met_worker {
     uint64_t up_kept;            /* uploads whose files were kept for fsck (outcome unknown) */
     uint64_t up_dur[MET_DUR_BUCKETS + 1]; /* upload duration histogram (head to 201) */
     uint64_t up_dur_us_sum;
+
+    uint64_t sinks_open;             /* gauge: storage sinks in use (aborted ones finishing too) */
+    uint64_t sink_committed;         /* sinks that committed their object */
+    uint64_t sink_failed[MET_SF__N]; /* sinks that failed, by reason */
+    uint64_t sink_aborted;           /* sinks their caller gave up before the outcome */
 };
 
 /* Single-writer increment: the owner thread only. */

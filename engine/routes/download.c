@@ -186,7 +186,7 @@ static void splice_next(struct conn *c, int res)
     int err;
 
     (void)res;
-    if (!d->piped && !xfer_pipe_get(d->rt->xfer, c, &d->pipe, NULL, &err)) {
+    if (!d->piped && !xfer_pipe_get(d->rt->xfer, &d->pipe, NULL, NULL, 0, &err)) {
         /* Every pipe is lent (or none can be made): read the rest through the output. */
         conn_route_sends(c, false);
         pump(c, 0);

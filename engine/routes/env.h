@@ -21,6 +21,7 @@ struct cfg;
 struct db_pool;
 struct auth_cache;
 struct xfer;
+struct sink_pool;
 struct route;
 
 /* What the routes reach of their worker (conn_ctx() of each connection). */
@@ -32,6 +33,7 @@ struct router {
     uint8_t ndb;
     struct auth_cache *auth;
     struct xfer *xfer;
+    struct sink_pool *sinks; /* storage sinks */
 };
 
 /* The router of a connection's worker. */

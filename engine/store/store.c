@@ -148,6 +148,11 @@ void store_shard_dirs(const char *id, char top[16], char sub[16])
     snprintf(sub, 16, "objects/%.2s/%c%c", id + 34, id[7], id[9]);
 }
 
+int store_unlink(const char *key)
+{
+    return unlinkat(dirfd_, key, 0) < 0 ? -errno : 0;
+}
+
 bool store_fits(uint64_t need)
 {
     struct statvfs st;

@@ -54,6 +54,12 @@ void store_key(const char *id, char out[STORE_KEY_MAX]);
 void store_shard_dirs(const char *id, char top[16], char sub[16]);
 
 /*
+ * Remove an object's name (key as from store_key()): for error paths, a
+ * metadata syscall on the calling thread. 0 or -errno.
+ */
+int store_unlink(const char *key);
+
+/*
  * Whether an upload of need bytes fits while keeping the floor free:
  * STORE_RESERVE, or 5 % of the filesystem when that is smaller (small disks).
  * True when the space cannot be read (the write itself will tell).

@@ -20,7 +20,8 @@
 
 static void arm_timer(struct xfer *x);
 
-static void queue_push(struct xfer *x, struct xfer_queue *q, uint64_t ref, conn_op_fn fn)
+static void queue_push(struct xfer *x, struct xfer_queue *q, xfer_wait_fn fn, void *ctx,
+                       uint64_t key)
 {
     struct ring *r = x->ring;
     struct xfer_waiter *w;
@@ -40,9 +41,10 @@ static void queue_push(struct xfer *x, struct xfer_queue *q, uint64_t ref, conn_
         q->cap = cap;
     }
     w = &q->w[(q->head + q->count) % q->cap];
-    w->ref = ref;
-    w->due = r->now_ms + r->cfg->connection_timeout;
     w->fn = fn;
+    w->ctx = ctx;
+    w->key = key;
+    w->due = r->now_ms + r->cfg->connection_timeout;
     q->count++;
     if (!tmr_armed(&x->timer))
         arm_timer(x);
@@ -57,29 +59,23 @@ static struct xfer_waiter queue_pop(struct xfer_queue *q)
     return w;
 }
 
-/* Call the first waiter still open; waiters that closed meanwhile are dropped. */
-static void queue_wake(struct xfer *x, struct xfer_queue *q)
+/* Call the first waiter (those that gave up left the queue with xfer_cancel). */
+static void queue_wake(struct xfer_queue *q)
 {
-    while (q->count > 0) {
-        struct xfer_waiter w = queue_pop(q);
-        struct conn *c = conn_find(x->conns, w.ref);
+    struct xfer_waiter w = queue_pop(q);
 
-        if (c != NULL) {
-            w.fn(c, 0);
-            return;
-        }
-    }
+    w.fn(w.ctx, 0);
 }
 
-/* Drop every entry of ref, keeping the order of the others. */
-static void queue_remove(struct xfer_queue *q, uint64_t ref)
+/* Drop every entry of key, keeping the order of the others. */
+static void queue_remove(struct xfer_queue *q, uint64_t key)
 {
     uint32_t kept = 0;
     uint32_t i;
 
     for (i = 0; i < q->count; i++) {
         struct xfer_waiter w = q->w[(q->head + i) % q->cap];
-        if (w.ref != ref)
+        if (w.key != key)
             q->w[(q->head + kept++) % q->cap] = w;
     }
     q->count = kept;
@@ -107,19 +103,16 @@ static void arm_timer(struct xfer *x)
         tmr_set(&r->timers, &x->timer, due);
 }
 
-/* Waits past CONNECTION_TIMEOUT: the pool stayed lent out; the waiter answers or closes. */
+/* Waits past CONNECTION_TIMEOUT: the pool stayed lent out; the waiter gives up. */
 static void expire(struct xfer *x, struct xfer_queue *q)
 {
     struct ring *r = x->ring;
 
     while (q->count > 0 && q->w[q->head].due <= r->now_ms) {
         struct xfer_waiter w = queue_pop(q);
-        struct conn *c = conn_find(x->conns, w.ref);
 
-        if (c != NULL) {
-            met_inc(&r->met.xfer_wait_timeouts);
-            w.fn(c, -ETIMEDOUT);
-        }
+        met_inc(&r->met.xfer_wait_timeouts);
+        w.fn(w.ctx, -ETIMEDOUT);
     }
 }
 
@@ -131,12 +124,12 @@ static void on_timer(struct tmr *t)
     arm_timer(x);
 }
 
-void xfer_cancel(struct xfer *x, uint64_t ref)
+void xfer_cancel(struct xfer *x, uint64_t key)
 {
     if (x->pipe_wait.count == 0 && x->dbuf_wait.count == 0)
         return;
-    queue_remove(&x->pipe_wait, ref);
-    queue_remove(&x->dbuf_wait, ref);
+    queue_remove(&x->pipe_wait, key);
+    queue_remove(&x->dbuf_wait, key);
     arm_timer(x);
 }
 
@@ -170,11 +163,10 @@ static void init_direct(struct xfer *x)
     met_set(&r->met.dbufs_total, XFER_DBUFS);
 }
 
-void xfer_init(struct xfer *x, struct ring *r, struct conn_pool *conns, bool direct)
+void xfer_init(struct xfer *x, struct ring *r, bool direct)
 {
     memset(x, 0, sizeof(*x));
     x->ring = r;
-    x->conns = conns;
     tmr_init(&x->timer, on_timer);
     x->pipe_size = 65536;
     if (direct)
@@ -222,7 +214,8 @@ static int pipe_open(struct xfer *x, struct xfer_pipe *p)
     return 0;
 }
 
-bool xfer_pipe_get(struct xfer *x, struct conn *c, struct xfer_pipe *p, conn_op_fn fn, int *err)
+bool xfer_pipe_get(struct xfer *x, struct xfer_pipe *p, xfer_wait_fn fn, void *ctx, uint64_t key,
+                   int *err)
 {
     struct ring *r = x->ring;
     int ret;
@@ -237,7 +230,7 @@ bool xfer_pipe_get(struct xfer *x, struct conn *c, struct xfer_pipe *p, conn_op_
         if (fn == NULL)
             return false;
         met_inc(&r->met.pipe_waits);
-        queue_push(x, &x->pipe_wait, conn_ref(c), fn);
+        queue_push(x, &x->pipe_wait, fn, ctx, key);
         return false;
     }
     ret = pipe_open(x, p);
@@ -267,7 +260,7 @@ void xfer_pipe_put(struct xfer *x, struct xfer_pipe p, bool empty)
     }
     /* A waiter that no longer needs one takes nothing: wake the next. */
     while (x->pipe_wait.count > 0 && (x->nidle > 0 || x->open < XFER_PIPES))
-        queue_wake(x, &x->pipe_wait);
+        queue_wake(&x->pipe_wait);
     arm_timer(x);
 }
 
@@ -276,7 +269,7 @@ bool xfer_direct(const struct xfer *x)
     return x->dbuf_mem != NULL;
 }
 
-int xfer_dbuf_get(struct xfer *x, struct conn *c, conn_op_fn fn)
+int xfer_dbuf_get(struct xfer *x, xfer_wait_fn fn, void *ctx, uint64_t key)
 {
     struct ring *r = x->ring;
 
@@ -284,7 +277,7 @@ int xfer_dbuf_get(struct xfer *x, struct conn *c, conn_op_fn fn)
         if (fn == NULL)
             return -1;
         met_inc(&r->met.dbuf_waits);
-        queue_push(x, &x->dbuf_wait, conn_ref(c), fn);
+        queue_push(x, &x->dbuf_wait, fn, ctx, key);
         return -1;
     }
     met_inc(&r->met.dbufs_in_use);
@@ -298,7 +291,7 @@ void xfer_dbuf_put(struct xfer *x, int idx)
     x->dbuf_free[x->ndbuf_free++] = (uint16_t)idx;
     met_dec(&r->met.dbufs_in_use);
     while (x->dbuf_wait.count > 0 && x->ndbuf_free > 0)
-        queue_wake(x, &x->dbuf_wait);
+        queue_wake(&x->dbuf_wait);
     arm_timer(x);
 }
 
