@@ -301,9 +301,8 @@ static void on_open(struct conn *c, int res)
     conn_on_sent(c, head_sent);
 }
 
-enum conn_verdict route_download_begin(struct conn *c, const char *key, uint64_t size,
-                                       const char *name, const char *mime, const char *sha256,
-                                       bool close)
+enum conn_verdict download_begin(struct conn *c, const char *key, uint64_t size, const char *name,
+                                 const char *mime, const char *sha256, bool close)
 {
     const struct http_head *h = conn_head(c);
     struct io_uring_sqe *sqe;

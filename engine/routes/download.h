@@ -17,8 +17,7 @@
  * (answered already: 416) or CONN_PENDING (the download resumes the
  * connection when it has sent everything). Ring thread.
  */
-enum conn_verdict route_download_begin(struct conn *c, const char *key, uint64_t size,
-                                       const char *name, const char *mime, const char *sha256,
-                                       bool close);
+enum conn_verdict download_begin(struct conn *c, const char *key, uint64_t size, const char *name,
+                                 const char *mime, const char *sha256, bool close);
 
 #endif /* ENGINE_ROUTES_DOWNLOAD_H */

@@ -240,8 +240,8 @@ static void on_content(void *ud, uint64_t tag, struct pg_result *res, int err)
         done(c, f);
         return;
     }
-    if (route_download_begin(c, row.storage_key, row.size, row.name, row.mime, row.sha256,
-                             f->rq.close) == CONN_ANSWERED) {
+    if (download_begin(c, row.storage_key, row.size, row.name, row.mime, row.sha256, f->rq.close) ==
+        CONN_ANSWERED) {
         done(c, f);
         return;
     }

@@ -11,7 +11,7 @@
 #include "engine/core/cfg.h"
 #include "engine/core/conn.h"
 #include "engine/routes/reply.h"
-#include "engine/routes/route.h"
+#include "engine/routes/upload.h"
 
 /* The router frees a request it did not hand over as the struct route_req it begins with. */
 _Static_assert(offsetof(struct intake_req, rq) == 0, "struct route_req must come first");
@@ -84,7 +84,7 @@ enum route_rc intake_parse(struct conn *c, struct route_req *q)
 enum conn_verdict intake_begin(struct conn *c, struct route_req *q)
 {
     struct intake_req *in = (struct intake_req *)q;
-    enum conn_verdict v = route_upload_begin(c, q->user, in->name, in->expected, q->close);
+    enum conn_verdict v = upload_begin(c, q->user, in->name, in->expected, q->close);
 
     free(in);
     return v;

@@ -27,7 +27,7 @@ struct intake_req {
  */
 enum route_rc intake_parse(struct conn *c, struct route_req *q);
 
-/* The handler: route_upload_begin() for the known caller; owns q (frees it). */
+/* The handler: upload_begin() for the known caller; owns q (frees it). */
 enum conn_verdict intake_begin(struct conn *c, struct route_req *q);
 
 #endif /* ENGINE_ROUTES_INTAKE_H */

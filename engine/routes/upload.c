@@ -1,5 +1,5 @@
 /*
- * route_upload: PUT /v1/files/{name} and POST /v1/uploads (a raw body, or
+ * upload: PUT /v1/files/{name} and POST /v1/uploads (a raw body, or
  * multipart/form-data with up to MAX_FILES_PER_REQUEST files).
  *
  * Each file goes to a storage sink (engine/store/sink.h), which makes it,
@@ -31,8 +31,7 @@
  * rdata while the connection owns it; it moves to the row inserts when they
  * are queued, and the last of them frees it.
  */
-#include "engine/routes/route.h"
-#include "engine/routes/router.h"
+#include "engine/routes/upload.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -48,6 +47,8 @@
 #include "engine/core/ring.h"
 #include "engine/db/auth.h"
 #include "engine/db/db.h"
+#include "engine/routes/env.h"
+#include "engine/routes/reply.h"
 #include "engine/store/sink.h"
 #include "engine/store/store.h"
 #include "engine/store/xfer.h"
@@ -149,7 +150,7 @@ static void fail(struct conn *c, struct upload *u, int status, const char *code,
                                      : MET_UF_STORAGE_ERROR);
     upload_free(u);
     /* The body may be unread: the connection cannot be reused. */
-    route_error(c, conn_head(c), status, code, msg, true,
+    reply_error(c, conn_head(c), status, code, msg, true,
                 status == 503 || status == 507 ? "Retry-After: 5\r\n" : NULL);
 }
 
@@ -387,7 +388,7 @@ static void answer(struct conn *c, struct upload *u)
         log_oom();
     if (u->nfiles == 1)
         snprintf(loc, sizeof(loc), "Location: /v1/files/%s\r\n", u->files[0].id);
-    route_respond(c, conn_head(c), 201, ROUTE_JSON, body, strlen(body), false, u->close,
+    reply_respond(c, conn_head(c), 201, REPLY_JSON, body, strlen(body), false, u->close,
                   loc[0] != '\0' ? loc : NULL);
     free(body);
     cJSON_Delete(doc);
@@ -431,7 +432,7 @@ static void unrecorded(struct upload *u, struct conn *c, bool keep)
         u->files[i].linked = false;
     }
     if (c != NULL)
-        route_error(c, conn_head(c), 503, "database_unavailable",
+        reply_error(c, conn_head(c), 503, "database_unavailable",
                     "The file could not be recorded; retry later.", true, "Retry-After: 1\r\n");
     upload_dispose(u);
 }
@@ -654,8 +655,8 @@ static uint64_t form_max(const struct router *r)
     return part * r->cfg->max_files_per_request + FIELDS_MAX + FORM_SLACK;
 }
 
-enum conn_verdict route_upload_begin(struct conn *c, const char *user, const char *name,
-                                     uint64_t expected, bool close)
+enum conn_verdict upload_begin(struct conn *c, const char *user, const char *name,
+                               uint64_t expected, bool close)
 {
     struct router *r = router_of(c);
     const struct http_head *h = conn_head(c);
@@ -667,7 +668,7 @@ enum conn_verdict route_upload_begin(struct conn *c, const char *user, const cha
     int blen = 0;
 
     if (!store_fits(expected)) {
-        route_error(c, h, 507, "insufficient_storage", "The storage is too full for this file.",
+        reply_error(c, h, 507, "insufficient_storage", "The storage is too full for this file.",
                     true, "Retry-After: 5\r\n");
         return CONN_ANSWERED;
     }
@@ -675,7 +676,7 @@ enum conn_verdict route_upload_begin(struct conn *c, const char *user, const cha
         blen = mp_boundary(ctype.p, ctype.len, boundary);
         multipart = blen > 0;
         if (!multipart && ctype.len >= 10 && strncasecmp(ctype.p, "multipart/", 10) == 0) {
-            route_error(c, h, 400, "bad_request", "A multipart body needs a valid boundary.", true,
+            reply_error(c, h, 400, "bad_request", "A multipart body needs a valid boundary.", true,
                         NULL);
             return CONN_ANSWERED;
         }
@@ -683,7 +684,7 @@ enum conn_verdict route_upload_begin(struct conn *c, const char *user, const cha
     if (multipart)
         maxfiles = r->cfg->max_files_per_request;
     if (multipart && expected > form_max(r)) {
-        route_error(c, h, 413, "too_large",
+        reply_error(c, h, 413, "too_large",
                     "The form is larger than MAX_FILES_PER_REQUEST files of MAX_FILE_SIZE.", true,
                     NULL);
         return CONN_ANSWERED;

@@ -36,8 +36,8 @@ import harness  # noqa: E402
 from harness import (HOST, Conn, Fail, expect, expect_closed, expect_eq,  # noqa: E402
                      parse_response, request, short)
 
-AUTH_STRIKES_MAX = 4    # engine/auth.h
-AUTH_LOOKUPS_MAX = 128  # engine/auth.h
+AUTH_STRIKES_MAX = 4    # engine/db/auth.h
+AUTH_LOOKUPS_MAX = 128  # engine/db/auth.h
 NO_LIMITS = ("--upload-rate-limit", 1000000000, "--global-rate-limit", 1000000000)
 
 _TESTS = harness.Tests()

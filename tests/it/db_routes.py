@@ -1246,7 +1246,7 @@ def t_pool_idle_shrink(ctx):
 
 
 # ==========================================================================
-# batched inserts (engine/db.c flush_batch) through bench/dbload, which drives
+# batched inserts (engine/db/db.c flush_batch) through bench/dbload, which drives
 # one ring of the engine on its own thread
 
 def dbload_path(ctx):

@@ -159,7 +159,7 @@ def t_direct_trickle(ctx):
 
 MAX_FILE = 65536
 MAX_FILES = 2
-# form_max() in engine/route_upload.c: files with their part heads at the limits
+# form_max() in engine/routes/upload.c: files with their part heads at the limits
 # (MP_HEADER_MAX + MP_CARRY_MAX), FIELDS_MAX, 64 KiB of slack.
 FORM_CAP = MAX_FILES * (MAX_FILE + 8192 + 91) + 65536 + 65536
 BOUNDARY = "----ringupLimit"
