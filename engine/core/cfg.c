@@ -78,7 +78,8 @@ static const char *const format_names[] = {"json", "text", NULL};
  * API.md's settings, in its order. Ranges: timeouts are 1 ms .. one day; 0 is
  * allowed only where it has a meaning, REDIS_RETRY_ATTEMPTS (never retry),
  * REDIS_RETRY_DELAY (retry at once), SHUTDOWN_TIMEOUT (close requests in
- * flight at once) and the pool minimums (open connections on demand only).
+ * flight at once), the pool minimums (open connections on demand only) and
+ * UPLOAD_RATE_LIMIT / GLOBAL_RATE_LIMIT (no such limit).
  * Strings that name something the server cannot run without (STORAGE_DIR,
  * DATABASE_URL, REDIS_URL, INSTANCE_ID) must not be empty.
  */
@@ -112,8 +113,8 @@ static const struct opt opts[] = {
     {BOOL("ENABLE_STREAMING_UPLOAD", enable_streaming_upload, "true")},
     {BOOL("ENABLE_MEMORY_MONITORING", enable_memory_monitoring, "true")},
     {U32("MEMORY_THRESHOLD", memory_threshold, "80", 1, 100)},
-    {U32("UPLOAD_RATE_LIMIT", upload_rate_limit, "100", 1, 1000000000)},
-    {U32("GLOBAL_RATE_LIMIT", global_rate_limit, "1000", 1, 1000000000)},
+    {U32("UPLOAD_RATE_LIMIT", upload_rate_limit, "100", 0, 1000000000)},
+    {U32("GLOBAL_RATE_LIMIT", global_rate_limit, "1000", 0, 1000000000)},
     {BOOL("ENABLE_ADAPTIVE_RATE_LIMITING", enable_adaptive_rate_limiting, "true")},
     {U32("CONNECTION_TIMEOUT", connection_timeout, "30000", 1, MS_MAX)},
     {U32("SHUTDOWN_TIMEOUT", shutdown_timeout, "30000", 0, MS_MAX)},

@@ -53,8 +53,8 @@ struct cfg {
     bool enable_streaming_upload;       /* ENABLE_STREAMING_UPLOAD */
     bool enable_memory_monitoring;      /* ENABLE_MEMORY_MONITORING */
     uint32_t memory_threshold;          /* MEMORY_THRESHOLD, percent 1..100 */
-    uint32_t upload_rate_limit;         /* UPLOAD_RATE_LIMIT, per user per minute */
-    uint32_t global_rate_limit;         /* GLOBAL_RATE_LIMIT, per minute */
+    uint32_t upload_rate_limit;         /* UPLOAD_RATE_LIMIT, per user per minute, 0: off */
+    uint32_t global_rate_limit;         /* GLOBAL_RATE_LIMIT, per minute, 0: off */
     bool enable_adaptive_rate_limiting; /* ENABLE_ADAPTIVE_RATE_LIMITING */
     uint32_t connection_timeout;        /* CONNECTION_TIMEOUT, ms */
     uint32_t shutdown_timeout;          /* SHUTDOWN_TIMEOUT, ms */
