@@ -84,6 +84,39 @@ static void render_sinks(struct prom_buf *b)
            SUM(sink_aborted));
 }
 
+/*
+ * The rate limits. The mode is 1 only while every worker goes through Redis:
+ * a worker deciding locally means the instance's counts are its own.
+ */
+static void render_ratelimit(struct prom_buf *b)
+{
+    static const char *const outcomes[MET_RL__N] = {"outcome=\"allowed\"",
+                                                    "outcome=\"rejected\",scope=\"user\"",
+                                                    "outcome=\"rejected\",scope=\"global\""};
+    unsigned i;
+
+    prom_family(b, "ringup_ratelimit_decisions_total", "counter",
+                "Rate-limit decisions on uploads, by outcome and, when rejected, the limit "
+                "that refused (user: UPLOAD_RATE_LIMIT, global: GLOBAL_RATE_LIMIT).");
+    for (i = 0; i < MET_RL__N; i++)
+        prom_sample(b, "ringup_ratelimit_decisions_total", outcomes[i],
+                    (double)sum(offsetof(struct met_worker, rl_decisions) + i * sizeof(uint64_t)));
+    scalar(b, "ringup_ratelimit_redis_calls_total", "counter",
+           "Lease calls sent to Redis (each decides the uploads of one user that waited).",
+           SUM(rl_lease_calls));
+    scalar(b, "ringup_ratelimit_permits_leased_total", "counter",
+           "Permits taken from the shared buckets in Redis.", SUM(rl_leased));
+    scalar(b, "ringup_ratelimit_permits_returned_total", "counter",
+           "Leased permits left unused and given back to Redis.", SUM(rl_returned));
+    scalar(b, "ringup_ratelimit_local_decisions_total", "counter",
+           "Decisions of the local fallback (Redis unreachable): each instance enforces its "
+           "share of the limits.",
+           SUM(rl_local));
+    scalar(b, "ringup_ratelimit_mode", "gauge",
+           "1 while the rate limits are shared through Redis, 0 while decided locally.",
+           nworkers > 0 && SUM(rl_shared) == nworkers ? 1 : 0);
+}
+
 static void render_uploads(struct prom_buf *b)
 {
     uint64_t counts[MET_DUR_BUCKETS + 1];
@@ -328,4 +361,5 @@ void met_render(struct prom_buf *b)
     render_db(b);
     render_uploads(b);
     render_sinks(b);
+    render_ratelimit(b);
 }

@@ -26,6 +26,9 @@ enum met_up_fail {
     MET_UF__N,
 };
 
+/* A rate-limit decision, as a metric label. */
+enum met_rl { MET_RL_ALLOWED, MET_RL_REJECTED_USER, MET_RL_REJECTED_GLOBAL, MET_RL__N };
+
 /* Why a storage sink failed, as a metric label. */
 enum met_sink_fail {
     MET_SF_NO_SPACE, /* ENOSPC, EDQUOT */
@@ -98,6 +101,13 @@ struct met_worker {
     uint64_t sink_committed;         /* sinks that committed their object */
     uint64_t sink_failed[MET_SF__N]; /* sinks that failed, by reason */
     uint64_t sink_aborted;           /* sinks their caller gave up before the outcome */
+
+    uint64_t rl_decisions[MET_RL__N]; /* rate-limit decisions, by outcome and scope */
+    uint64_t rl_lease_calls;          /* lease calls sent to Redis */
+    uint64_t rl_leased;               /* permits leased from Redis */
+    uint64_t rl_returned;             /* unused permits given back to Redis */
+    uint64_t rl_local;                /* decisions of the local fallback (Redis away) */
+    uint64_t rl_shared;               /* gauge: 1 while the worker's limits go through Redis */
 };
 
 /* Single-writer increment: the owner thread only. */

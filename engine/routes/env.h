@@ -13,6 +13,7 @@
 
 #include "engine/core/conn.h"
 #include "engine/db/auth.h"
+#include "engine/db/limit.h"
 #include "engine/db/token.h"
 #include "proto/http.h"
 
@@ -34,6 +35,7 @@ struct router {
     struct auth_cache *auth;
     struct xfer *xfer;
     struct sink_pool *sinks; /* storage sinks */
+    struct lim *lim;         /* the upload rate limits */
 };
 
 /* The router of a connection's worker. */
@@ -86,6 +88,8 @@ struct route_req {
     char user[AUTH_USER_MAX + 1];         /* after the auth phase: the caller ("" for OPEN) */
     struct auth_wait wait;                /* auth: linked while waiting for a token lookup */
     uint8_t hash[TOK_HASH_LEN];           /* auth: the bearer token's hash */
+    uint16_t cost;                        /* permits of the rate limits it takes (parse phase) */
+    struct lim_wait lim;                  /* limits: linked while Redis decides */
 };
 
 /* A phase of a request (parse, auth, limits): what it did with q. */

@@ -71,6 +71,8 @@ enum route_rc intake_parse(struct conn *c, struct route_req *q)
         return ROUTE_ANSWERED;
     }
     in->expected = http_content_length(p);
+    /* One permit of the rate limits: a form's further files are charged once it is read. */
+    q->cost = 1;
     /* PUT names the file in its path; a POST in its headers (a form: in each part). */
     name = post ? post_name(h) : q->cap[0];
     if (ids_filename(name.p, name.len, in->name) < 0) {

@@ -34,6 +34,7 @@
 #include "engine/routes/upload.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,7 @@
 #include "engine/db/auth.h"
 #include "engine/db/db.h"
 #include "engine/routes/env.h"
+#include "engine/routes/limits.h"
 #include "engine/routes/reply.h"
 #include "engine/store/sink.h"
 #include "engine/store/store.h"
@@ -90,6 +92,7 @@ struct upload {
     enum sink_mode mode;  /* raw body: how it reaches the file */
     uint32_t inserts;     /* row inserts not answered yet */
     int insert_err;       /* first failed insert */
+    struct lim_wait limw; /* a form's further files: waiting for the rate limits */
     struct ufile files[]; /* maxfiles */
 };
 
@@ -536,6 +539,56 @@ static bool insert_rows(struct conn *c, struct upload *u)
     return false;
 }
 
+/* ---- the rate limits: a form's further files ---- */
+
+/*
+ * A form's files are counted once it is read: the limits phase took one
+ * permit before the body (a form holds at least one file), k files take
+ * k-1 more before the rows go in. Refused: 429 (the body is read, the
+ * connection may stay), the files removed and the first permit given back,
+ * for a refused request uses no budget. Returns as insert_rows() does.
+ */
+static bool charged(struct conn *c, struct upload *u, const struct lim_verdict *v)
+{
+    bool close = u->close;
+
+    if (v->allowed)
+        return insert_rows(c, u);
+    lim_give(u->rt->lim, u->user, 1);
+    upload_free(u);
+    limits_refuse(c, v, close);
+    return false;
+}
+
+static void on_charged(struct lim_wait *w, const struct lim_verdict *v)
+{
+    struct upload *u = (struct upload *)((char *)w - offsetof(struct upload, limw));
+    struct conn *c = conn_deref(u->rt->conns, u->conn);
+
+    if (c == NULL) {
+        if (v->allowed)
+            lim_give(u->rt->lim, u->user, u->nfiles - 1);
+        upload_free(u);
+        return;
+    }
+    if (!charged(c, u, v))
+        conn_resume(c);
+}
+
+/* The form is read: charge its further files, then insert the rows. */
+static bool charge_rest(struct conn *c, struct upload *u)
+{
+    struct lim *l = u->rt->lim;
+    struct lim_verdict v;
+
+    if (u->nfiles <= 1 || l == NULL || !lim_on(l))
+        return insert_rows(c, u);
+    conn_set_rdata(c, NULL, NULL); /* the wait owns the upload; its answer resumes c */
+    if (!lim_take(l, u->user, u->nfiles - 1, on_charged, &u->limw, &v))
+        return true;
+    return charged(c, u, &v);
+}
+
 /* ---- multipart: feed the parser until an op is in flight or the span is used up ---- */
 
 enum feed_result {
@@ -759,5 +812,5 @@ static enum conn_verdict upload_end(struct conn *c)
         fail(c, u, 400, "bad_request", "The multipart body ends before its final boundary.");
         return CONN_ANSWERED;
     }
-    return insert_rows(c, u) ? CONN_PENDING : CONN_ANSWERED;
+    return charge_rest(c, u) ? CONN_PENDING : CONN_ANSWERED;
 }
