@@ -6,7 +6,8 @@
 # ($data: a fresh ext4 when run as root, see below), a scratch database on the devstack
 # ($db_url) with a token ($token), and ringup's storage with its shard tree made once
 # ($data/ringup). Everything it made, and every process recorded in pids, goes at exit.
-# Servers listen on 127.0.0.1 only; every run is bounded in time.
+# Servers listen on 127.0.0.1 only; every run is bounded in time. ringup runs with its rate
+# limits off; BENCH_LIMITS=on sets them to 10^9 a minute (never refusing, every decision made).
 
 workers=${BENCH_WORKERS:-$(nproc)}
 pids=()
@@ -196,11 +197,15 @@ start_ringup() {
     local name=$1 fs=$2
     shift 2
     port=$(free_port)
-    # Rate limits, queue cap and adaptive limiting are policy, not the upload path: out of the way.
+    # Rate limits, queue cap and adaptive limiting are policy, not the upload path: out of the
+    # way. The limits are off (0), or with BENCH_LIMITS=on set so high that they never refuse,
+    # so that limits on and off compare the cost of deciding (a Redis lease per 256 uploads).
+    local rl=0
+    [ "${BENCH_LIMITS:-off}" = on ] && rl=1000000000
     DATABASE_URL=$db_url REDIS_URL=$REDIS_URL LOG_LEVEL=warn \
         "$root/ringup" serve --listen "127.0.0.1:$port" --workers "$workers" \
         --storage-dir "$data/ringup" --fsync "$fs" --shutdown-timeout 5000 \
-        --upload-rate-limit 1000000000 --global-rate-limit 1000000000 \
+        --upload-rate-limit "$rl" --global-rate-limit "$rl" \
         --enable-adaptive-rate-limiting false --max-queue-size 100000000 \
         --max-connections 100000 "$@" 2>>"$tmp/$name.log" &
     track_server "$!" "$name"

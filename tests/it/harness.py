@@ -127,6 +127,9 @@ def free_port():
         s.close()
 
 
+RATE_LIMITS_OFF = {"UPLOAD_RATE_LIMIT": "0", "GLOBAL_RATE_LIMIT": "0"}
+
+
 def clean_env(env=None, unset=(), keep_settings=True):
     """The process environment, optionally without ringup settings, plus env."""
     e = dict(os.environ)
@@ -198,7 +201,10 @@ class Server:
             cmd += ["--workers", str(workers)]
         cmd += [str(a) for a in args]
         self.cmd = cmd
-        e = clean_env(env, unset=unset, keep_settings=keep_settings)
+        # The rate limits (100 uploads a minute per user by default) would throttle the
+        # suite: off unless a test sets them (tests/it/ratelimit.py).
+        e = clean_env(dict(RATE_LIMITS_OFF, **(env or {})), unset=unset,
+                      keep_settings=keep_settings)
         if not listen and "LISTEN" not in (env or {}):
             e["LISTEN"] = "%s:%d" % (HOST, self.port)
         self._err = open(self.stderr_path, "wb")
