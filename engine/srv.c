@@ -13,6 +13,8 @@
 #include "engine/core/log.h"
 #include "engine/core/met.h"
 #include "engine/db/db.h"
+#include "engine/db/limit.h"
+#include "engine/db/redis.h"
 #include "engine/store/store.h"
 #include "engine/worker.h"
 
@@ -113,6 +115,14 @@ int srv_serve(const struct cfg *cfg)
     }
     log_info("storage ready", "dir=%s link=%s", cfg->storage_dir,
              store_flink() ? "descriptor" : "proc-path");
+    {
+        char err[256];
+        if (redis_setup(cfg, err, sizeof(err)) < 0) {
+            log_error("REDIS_URL unusable", "error=%s", err);
+            return 1;
+        }
+    }
+    lim_setup(cfg);
     workers = calloc(cfg->workers, sizeof(*workers));
     if (workers == NULL)
         log_oom();

@@ -25,6 +25,8 @@
 #include "engine/store/xfer.h"
 
 struct conn_pool;
+struct redis_pool;
+struct lim;
 
 struct worker {
     struct ring ring;      /* the loop */
@@ -47,6 +49,8 @@ struct worker {
     struct db_pool db[2];           /* database slices: primary, read replica */
     uint8_t ndb;                    /* pools in use: 1, or 2 with DB_READ_URL */
     bool db_stopped;                /* db_pool_stop() done at shutdown */
+    struct redis_pool *redis;       /* the Redis slice */
+    struct lim *lim;                /* the upload rate limits */
     struct auth_cache auth;         /* bearer tokens seen lately */
     struct xfer xfer;               /* splice pipes and O_DIRECT buffers */
     struct sink_pool sinks;         /* storage sinks */

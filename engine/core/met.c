@@ -112,6 +112,10 @@ static void render_ratelimit(struct prom_buf *b)
            "Decisions of the local fallback (Redis unreachable): each instance enforces its "
            "share of the limits.",
            SUM(rl_local));
+    scalar(b, "ringup_ratelimit_instances", "gauge",
+           "Instances seen through Redis in the last 30 s: the fallback gives each "
+           "1/instances of the limits.",
+           SUM(rl_instances));
     scalar(b, "ringup_ratelimit_mode", "gauge",
            "1 while the rate limits are shared through Redis, 0 while decided locally.",
            nworkers > 0 && SUM(rl_shared) == nworkers ? 1 : 0);

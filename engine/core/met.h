@@ -108,6 +108,7 @@ struct met_worker {
     uint64_t rl_returned;             /* unused permits given back to Redis */
     uint64_t rl_local;                /* decisions of the local fallback (Redis away) */
     uint64_t rl_shared;               /* gauge: 1 while the worker's limits go through Redis */
+    uint64_t rl_instances;            /* gauge (worker 0): instances seen lately */
 };
 
 /* Single-writer increment: the owner thread only. */

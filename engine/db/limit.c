@@ -649,12 +649,14 @@ static void on_sweep(struct tmr *t)
 
 static void on_heartbeat_reply(void *ud, uint64_t tag, struct redisReply *reply, int err)
 {
+    struct lim *l = ud;
     long long n;
 
-    (void)ud;
     (void)tag;
-    if (err == 0 && redis_reply_int(reply, &n) && n > 0)
-        __atomic_store_n(&proc.instances, (uint32_t)n, __ATOMIC_RELAXED);
+    if (err != 0 || !redis_reply_int(reply, &n) || n <= 0)
+        return;
+    __atomic_store_n(&proc.instances, (uint32_t)n, __ATOMIC_RELAXED);
+    met_set(&l->ring->met.rl_instances, (uint64_t)n);
 }
 
 static void heartbeat(struct lim *l)
