@@ -13,6 +13,7 @@
 #include "engine/core/log.h"
 #include "engine/core/met.h"
 #include "engine/db/db.h"
+#include "engine/db/redis.h"
 #include "engine/store/store.h"
 #include "engine/worker.h"
 
@@ -104,6 +105,12 @@ int srv_serve(const struct cfg *cfg)
             /* Not fatal: the server serves what needs no database; queries get 503. */
             log_warn("database host not resolved at start-up", "error=%s", err);
         }
+    }
+    {
+        char err[256];
+        /* REDIS_URL's form was checked at load: what fails here is the host's lookup. */
+        if (redis_setup(cfg, err, sizeof(err)) < 0)
+            log_warn("redis not set up: serving without it", "error=%s", err);
     }
     ret = store_init(cfg);
     if (ret < 0) {

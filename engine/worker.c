@@ -19,6 +19,7 @@
 #include <liburing.h>
 
 #include "engine/core/conn.h"
+#include "engine/db/redis.h"
 
 #define LISTEN_BACKLOG 4096
 #define ACCEPT_RETRY_MS 100
@@ -277,9 +278,15 @@ static void init_tenants(struct worker *w)
     tmr_init(&w->accept_retry, on_accept_retry);
     tmr_init(&w->stop_timer, on_stop_timer);
     init_db(w);
+    w->redis = redis_pool_new(r, w->cfg, w->cfg->workers);
     auth_cache_init(&w->auth);
-    w->router = (struct router){
-        .ring = r, .cfg = w->cfg, .db = w->db, .ndb = w->ndb, .auth = &w->auth, .xfer = &w->xfer};
+    w->router = (struct router){.ring = r,
+                                .cfg = w->cfg,
+                                .db = w->db,
+                                .ndb = w->ndb,
+                                .redis = w->redis,
+                                .auth = &w->auth,
+                                .xfer = &w->xfer};
     w->conns = conn_pool_new(r, &router_handler, &w->router);
     w->router.conns = w->conns;
     /* O_DIRECT uploads end with a truncate to the exact size: no ftruncate op, no O_DIRECT. */
@@ -297,6 +304,8 @@ static void fini_tenants(struct worker *w)
     conn_pool_free(w->conns);
     w->conns = NULL;
     auth_cache_free(&w->auth);
+    redis_pool_free(w->redis);
+    w->redis = NULL;
     for (unsigned i = 0; i < w->ndb; i++)
         db_pool_free(&w->db[i]);
 }
@@ -309,13 +318,15 @@ static bool done(struct worker *w)
     if (!w->stopping || conn_pool_open(w->conns) != 0 || sink_pool_draining(&w->sinks) != 0 ||
         w->listen_fd >= 0)
         return false;
-    /* Requests are all answered: the database slices can go. */
+    /* Requests are all answered: the database and Redis slices can go. */
     if (!w->db_stopped) {
         for (i = 0; i < w->ndb; i++)
             db_pool_stop(&w->db[i]);
+        redis_pool_stop(w->redis);
         w->db_stopped = true;
     }
-    return true;
+    /* The loop turns until every Redis context is closed (no poll of theirs in flight). */
+    return redis_pool_stopped(w->redis);
 }
 
 static void loop(struct worker *w)

@@ -2,7 +2,7 @@
  * worker: one core, composed. A worker owns a thread and everything that
  * thread drives: its ring (the loop), its SO_REUSEPORT listener with
  * multishot accept, the wake eventfd, the log flusher, and the tenants:
- * connection slots, database slices, the token cache, the transfer pools,
+ * connection slots, database and Redis slices, the token cache, the transfer pools,
  * the storage sinks and the routes. It inits them in dependency order,
  * stops them in reverse, and starts and ends the thread. Nothing here is
  * touched by another thread except the stop flag and the wake eventfd.
@@ -25,6 +25,7 @@
 #include "engine/store/xfer.h"
 
 struct conn_pool;
+struct redis_pool;
 
 struct worker {
     struct ring ring;      /* the loop */
@@ -47,6 +48,7 @@ struct worker {
     struct db_pool db[2];           /* database slices: primary, read replica */
     uint8_t ndb;                    /* pools in use: 1, or 2 with DB_READ_URL */
     bool db_stopped;                /* db_pool_stop() done at shutdown */
+    struct redis_pool *redis;       /* the Redis slice */
     struct auth_cache auth;         /* bearer tokens seen lately */
     struct xfer xfer;               /* splice pipes and O_DIRECT buffers */
     struct sink_pool sinks;         /* storage sinks */
