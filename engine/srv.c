@@ -107,6 +107,12 @@ int srv_serve(const struct cfg *cfg)
             log_warn("database host not resolved at start-up", "error=%s", err);
         }
     }
+    {
+        char err[256];
+        /* REDIS_URL's form was checked at load: what fails here is the host's lookup. */
+        if (redis_setup(cfg, err, sizeof(err)) < 0)
+            log_warn("redis not set up: serving without it", "error=%s", err);
+    }
     ret = store_init(cfg);
     if (ret < 0) {
         log_error("storage directory unusable", "dir=%s error=%s", cfg->storage_dir,
@@ -115,13 +121,6 @@ int srv_serve(const struct cfg *cfg)
     }
     log_info("storage ready", "dir=%s link=%s", cfg->storage_dir,
              store_flink() ? "descriptor" : "proc-path");
-    {
-        char err[256];
-        if (redis_setup(cfg, err, sizeof(err)) < 0) {
-            log_error("REDIS_URL unusable", "error=%s", err);
-            return 1;
-        }
-    }
     lim_setup(cfg);
     workers = calloc(cfg->workers, sizeof(*workers));
     if (workers == NULL)

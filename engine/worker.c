@@ -286,6 +286,7 @@ static void init_tenants(struct worker *w)
                                 .cfg = w->cfg,
                                 .db = w->db,
                                 .ndb = w->ndb,
+                                .redis = w->redis,
                                 .auth = &w->auth,
                                 .xfer = &w->xfer,
                                 .lim = w->lim};
@@ -307,7 +308,9 @@ static void fini_tenants(struct worker *w)
     w->conns = NULL;
     auth_cache_free(&w->auth);
     lim_free(w->lim);
+    w->lim = NULL;
     redis_pool_free(w->redis);
+    w->redis = NULL;
     for (unsigned i = 0; i < w->ndb; i++)
         db_pool_free(&w->db[i]);
 }
@@ -328,6 +331,7 @@ static bool done(struct worker *w)
         redis_pool_stop(w->redis);
         w->db_stopped = true;
     }
+    /* The loop turns until every Redis context is closed (no poll of theirs in flight). */
     return redis_pool_stopped(w->redis);
 }
 

@@ -2,7 +2,7 @@
  * worker: one core, composed. A worker owns a thread and everything that
  * thread drives: its ring (the loop), its SO_REUSEPORT listener with
  * multishot accept, the wake eventfd, the log flusher, and the tenants:
- * connection slots, database slices, the token cache, the transfer pools,
+ * connection slots, database and Redis slices, the token cache, the transfer pools,
  * the storage sinks and the routes. It inits them in dependency order,
  * stops them in reverse, and starts and ends the thread. Nothing here is
  * touched by another thread except the stop flag and the wake eventfd.

@@ -20,6 +20,7 @@
 struct ring;
 struct cfg;
 struct db_pool;
+struct redis_pool;
 struct auth_cache;
 struct xfer;
 struct sink_pool;
@@ -32,6 +33,7 @@ struct router {
     struct conn_pool *conns;
     struct db_pool *db; /* [0] primary, [1] read replica when ndb is 2 */
     uint8_t ndb;
+    struct redis_pool *redis; /* the worker's Redis slice (redis_up() says if usable) */
     struct auth_cache *auth;
     struct xfer *xfer;
     struct sink_pool *sinks; /* storage sinks */
