@@ -587,29 +587,27 @@ static void flush(void *ctx)
     }
 }
 
+/*
+ * Back to where they came from at once, not held: the user's next request
+ * may reach another worker or instance, which must see them (exact counts
+ * with small limits). Gives are rare (a refused form, a client gone).
+ */
 void lim_give(struct lim *l, const char *user, uint32_t n)
 {
-    struct lim_user *e;
+    uint32_t inst;
+    double now;
 
     if (!lim_on(l) || n == 0)
         return;
-    e = find(l, user);
-    if (e == NULL && redis_up(l->redis))
-        e = add(l, user);
-    if (e != NULL && redis_up(l->redis) && !l->stopped) {
-        /* Held again: the user's next upload takes them, or the sweep returns them. */
-        e->held += n;
-        e->used_ms = l->ring->now_ms;
+    if (!l->stopped && redis_up(l->redis)) {
+        give_redis(l, user, n);
         return;
     }
+    inst = __atomic_load_n(&proc.instances, __ATOMIC_RELAXED);
+    now = (double)l->ring->now_ms;
     pthread_mutex_lock(&proc.mu);
-    {
-        uint32_t inst = __atomic_load_n(&proc.instances, __ATOMIC_RELAXED);
-        double now = (double)l->ring->now_ms;
-
-        bucket_credit(local_bucket(user, now), now, bucket_share(l->ulimit, inst), n);
-        bucket_credit(&proc.global, now, bucket_share(l->glimit, inst), n);
-    }
+    bucket_credit(local_bucket(user, now), now, bucket_share(l->ulimit, inst), n);
+    bucket_credit(&proc.global, now, bucket_share(l->glimit, inst), n);
     pthread_mutex_unlock(&proc.mu);
 }
 

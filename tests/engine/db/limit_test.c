@@ -447,18 +447,41 @@ static void test_call_fails(void **state)
     free_world(&w);
 }
 
-/* A permit given back (a form refused later) serves the user's next upload. */
+/* Permits given back (a form refused later) go back to Redis at once: others see them. */
 static void test_give(void **state)
 {
     struct world w;
     struct req r;
+    unsigned i;
 
     (void)state;
     setup_world(&w, 10, 0);
+    for (i = 0; i < 10; i++) {
+        take(w.lim[0], &r, "gina", 1);
+        flush(w.lim[0]);
+        answer_all(0);
+        assert_true(r.done && r.v.allowed);
+    }
     lim_give(w.lim[0], "gina", 2);
-    take(w.lim[0], &r, "gina", 2);
+    assert_int_equal(fake.nq, 1);
+    answer_all(0);
+    take(w.lim[1], &r, "gina", 2);
+    flush(w.lim[1]);
+    answer_all(0);
     assert_true(r.done && r.v.allowed);
-    assert_int_equal(fake.evals, 0);
+    take(w.lim[1], &r, "gina", 1);
+    flush(w.lim[1]);
+    answer_all(0);
+    assert_true(r.done && !r.v.allowed);
+    /* Redis down: back to the local buckets. */
+    fake.up = false;
+    take(w.lim[0], &r, "gina", 10);
+    assert_true(r.done && r.v.allowed);
+    lim_give(w.lim[0], "gina", 3);
+    take(w.lim[0], &r, "gina", 3);
+    assert_true(r.done && r.v.allowed);
+    take(w.lim[0], &r, "gina", 1);
+    assert_true(r.done && !r.v.allowed);
     free_world(&w);
 }
 
