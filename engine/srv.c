@@ -15,6 +15,7 @@
 #include "engine/db/db.h"
 #include "engine/db/limit.h"
 #include "engine/db/redis.h"
+#include "engine/db/rlock.h"
 #include "engine/store/store.h"
 #include "engine/worker.h"
 
@@ -112,6 +113,7 @@ int srv_serve(const struct cfg *cfg)
         /* REDIS_URL's form was checked at load: what fails here is the host's lookup. */
         if (redis_setup(cfg, err, sizeof(err)) < 0)
             log_warn("redis not set up: serving without it", "error=%s", err);
+        rlock_setup();
     }
     ret = store_init(cfg);
     if (ret < 0) {

@@ -592,6 +592,10 @@ static int conn_open(struct rconn *c)
     }
     if (!slot_take(p->cfg->redis_max_connections))
         return -EAGAIN;
+    /* Every attempt on a slot that had a connection counts, refused at once or not. */
+    if (c->used)
+        met_inc(&p->m->reconnects);
+    c->used = true;
     if (g_addr.is_unix)
         ac = redisAsyncConnectUnix(g_addr.path);
     else
@@ -620,9 +624,6 @@ static int conn_open(struct rconn *c)
     ac->ev.cleanup = ev_cleanup;
     p->nopen++;
     met_set(&p->m->open, p->nopen);
-    if (c->used)
-        met_inc(&p->m->reconnects);
-    c->used = true;
     /* Connect and handshake share the command timeout. */
     tmr_set(&p->r->timers, &c->timer, p->r->now_ms + p->cfg->redis_command_timeout);
     /* Setting the callback asks for POLLOUT: connect(2) completes with it. */

@@ -1229,6 +1229,9 @@ auth_flood.register(test)
 # row inserts with lost answers, forms all or none, directory syncs: tests/it/durability.py
 import durability  # noqa: E402
 durability.register(test)
+# the Redis slices: caps, outages, fast and slow reconnects: tests/it/redis.py
+import redis  # noqa: E402
+redis.register(test)
 # upload rate limits shared through Redis, and their local fallback: tests/it/ratelimit.py
 import ratelimit  # noqa: E402
 ratelimit.register(test)

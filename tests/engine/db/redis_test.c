@@ -22,6 +22,7 @@
 
 /* The module under test is compiled in, so the test reaches its statics. */
 #include "engine/db/redis.c"
+#include "engine/db/rlock.h"
 
 #define NRES 256      /* answers a test can collect, by tag */
 #define WAIT_MS 10000 /* upper bound of any wait: a broken module fails, it does not hang */
@@ -348,6 +349,113 @@ static void test_stop(void **state)
     rig_free(g);
 }
 
+/* ---- locks ---- */
+
+struct lock_res {
+    int calls;
+    int result;
+};
+
+static void on_lock(void *ud, int result)
+{
+    struct lock_res *x = ud;
+
+    x->calls++;
+    x->result = result;
+}
+
+/* Run one lock operation and wait for its result. */
+static int lock_op(struct rig *g, struct rlock *l, int (*op)(struct rlock *, rlock_cb, void *))
+{
+    struct lock_res x = {0, 0};
+
+    assert_int_equal(op(l, on_lock, &x), 0);
+    assert_true(SPIN(g, x.calls > 0));
+    assert_int_equal(x.calls, 1);
+    assert_true(SPIN(g, rlock_idle(l)));
+    return x.result;
+}
+
+static void test_locks(void **state)
+{
+    static const char key[] = "ringup:test:lock";
+    struct rig *g = rig_new(NULL, 5000);
+    struct rlock a;
+    struct rlock b;
+    struct res *x;
+
+    (void)state;
+    rlock_setup();
+    assert_true(SPIN(g, redis_up(g->p)));
+    ask(g, 0, "DEL %s", key);
+    assert_int_equal(rlock_init(&a, g->p, &g->r, key, sizeof(key) - 1, 5000), 0);
+    assert_int_equal(rlock_init(&b, g->p, &g->r, key, sizeof(key) - 1, 5000), 0);
+
+    /* One owner at a time; the other can neither release nor extend it. */
+    assert_int_equal(lock_op(g, &a, rlock_acquire), RLOCK_HELD);
+    assert_int_equal(lock_op(g, &b, rlock_acquire), RLOCK_NOT_HELD);
+    assert_int_equal(lock_op(g, &b, rlock_release), RLOCK_NOT_HELD);
+    assert_int_equal(lock_op(g, &b, rlock_extend), RLOCK_NOT_HELD);
+    assert_int_equal(lock_op(g, &a, rlock_extend), RLOCK_HELD);
+    x = ask(g, 1, "GET %s", key);
+    assert_int_equal(x->len, RLOCK_OWNER_LEN);
+    assert_memory_equal(x->str, a.owner, RLOCK_OWNER_LEN);
+    assert_string_not_equal(a.owner, b.owner);
+    /* Release frees it for the next owner. */
+    assert_int_equal(lock_op(g, &a, rlock_release), RLOCK_HELD);
+    assert_int_equal(lock_op(g, &b, rlock_acquire), RLOCK_HELD);
+    assert_int_equal(lock_op(g, &b, rlock_release), RLOCK_HELD);
+
+    /* A stale owner: a's lock expired and b took it; a cannot release or extend b's. */
+    a.ttl_ms = 100;
+    assert_int_equal(lock_op(g, &a, rlock_acquire), RLOCK_HELD);
+    {
+        uint64_t until = tmr_now_ms() + 300;
+        while (tmr_now_ms() < until)
+            turn(g);
+    }
+    assert_int_equal(lock_op(g, &b, rlock_acquire), RLOCK_HELD);
+    assert_int_equal(lock_op(g, &a, rlock_release), RLOCK_NOT_HELD);
+    assert_int_equal(lock_op(g, &a, rlock_extend), RLOCK_NOT_HELD);
+    x = ask(g, 2, "GET %s", key);
+    assert_memory_equal(x->str, b.owner, RLOCK_OWNER_LEN);
+    assert_int_equal(lock_op(g, &b, rlock_release), RLOCK_HELD);
+    rig_free(g);
+}
+
+/* The keep-alive holds a lock well past its ttl; release ends it. */
+static void test_lock_keepalive(void **state)
+{
+    static const char key[] = "ringup:test:lock:ka";
+    struct rig *g = rig_new(NULL, 5000);
+    struct lock_res lost = {0, 0};
+    struct rlock a;
+    struct rlock b;
+    struct res *x;
+    uint64_t until;
+
+    (void)state;
+    rlock_setup();
+    assert_true(SPIN(g, redis_up(g->p)));
+    ask(g, 0, "DEL %s", key);
+    assert_int_equal(rlock_init(&a, g->p, &g->r, key, sizeof(key) - 1, 300), 0);
+    assert_int_equal(rlock_init(&b, g->p, &g->r, key, sizeof(key) - 1, 300), 0);
+    assert_int_equal(lock_op(g, &a, rlock_acquire), RLOCK_HELD);
+    rlock_keepalive(&a, on_lock, &lost);
+    until = tmr_now_ms() + 1200; /* four ttls */
+    while (tmr_now_ms() < until)
+        turn(g);
+    assert_int_equal(lost.calls, 0);
+    assert_int_equal(lock_op(g, &b, rlock_acquire), RLOCK_NOT_HELD);
+    x = ask(g, 1, "GET %s", key);
+    assert_memory_equal(x->str, a.owner, RLOCK_OWNER_LEN);
+    assert_int_equal(lock_op(g, &a, rlock_release), RLOCK_HELD);
+    x = ask(g, 2, "EXISTS %s", key);
+    assert_int_equal(x->ival, 0);
+    assert_true(SPIN(g, rlock_idle(&a)));
+    rig_free(g);
+}
+
 /* ---- TCP with a password and a db, on a redis-server of our own ---- */
 
 static pid_t server_pid;
@@ -463,6 +571,7 @@ int main(void)
         cmocka_unit_test(test_commands),  cmocka_unit_test(test_pipeline),
         cmocka_unit_test(test_noscript),  cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_reconnect), cmocka_unit_test(test_stop),
+        cmocka_unit_test(test_locks),     cmocka_unit_test(test_lock_keepalive),
     };
     const struct CMUnitTest tcp[] = {
         cmocka_unit_test(test_tcp_auth_db),
