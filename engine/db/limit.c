@@ -174,6 +174,7 @@ struct lim_user {
     uint32_t held;      /* permits leased and not used */
     uint64_t used_ms;   /* last take or lease */
     bool inflight;      /* a lease call is out */
+    uint32_t need;      /* the call out: the fewest permits it may grant */
     bool dirty;         /* on the send list */
     uint8_t scope;      /* the last answer: tighter limit */
     uint32_t remaining; /* the last answer: permits left in Redis */
@@ -507,13 +508,19 @@ static void on_lease(void *ud, uint64_t tag, struct redisReply *reply, int err)
     e->reset_at = l->ring->now_ms + (uint64_t)a[4];
     e->used_ms = l->ring->now_ms;
     if (a[0] == 0) {
-        /* Refused: nobody of this user fits now (they asked at the same time). */
+        /*
+         * Refused: no waiter asking as much as the call's need fits now.
+         * One asking less (it came during the call, behind a form's
+         * further files) asks again next turn.
+         */
         verdict_of(l, a, false, &v);
-        while (e->head != NULL) {
+        while (e->head != NULL && e->head->n >= e->need + e->held) {
             struct lim_wait *w = pop(e);
             count(l, &v);
             w->cb(w, &v);
         }
+        if (e->head != NULL)
+            enqueue(l, e);
         return;
     }
     while (e->head != NULL && e->head->n <= e->held) {
@@ -548,7 +555,8 @@ static void send_lease(struct lim *l, struct lim_user *e)
         sum += w->n;
     sum = sum - e->held + l->block - 1;
     snprintf(key, sizeof(key), KEY_USER "%s", e->user);
-    snprintf(need, sizeof(need), "%u", e->head->n - e->held);
+    e->need = e->head->n - e->held;
+    snprintf(need, sizeof(need), "%u", e->need);
     snprintf(want, sizeof(want), "%u", (unsigned)(sum < WANT_MAX ? sum : WANT_MAX));
     snprintf(ul, sizeof(ul), "%u", l->ulimit);
     snprintf(gl, sizeof(gl), "%u", l->glimit);

@@ -485,6 +485,31 @@ static void test_give(void **state)
     free_world(&w);
 }
 
+/* A refusal for a form's further files does not refuse a single upload that fits. */
+static void test_refusal_by_need(void **state)
+{
+    struct world w;
+    struct req r[3];
+
+    (void)state;
+    setup_world(&w, 3, 0);
+    take(w.lim[0], &r[0], "hal", 2);
+    flush(w.lim[0]);
+    answer_all(0);
+    assert_true(r[0].done && r[0].v.allowed);
+    take(w.lim[0], &r[1], "hal", 2); /* 1 left: does not fit */
+    flush(w.lim[0]);
+    take(w.lim[0], &r[2], "hal", 1); /* comes while the call is out */
+    answer_all(0);
+    assert_true(r[1].done && !r[1].v.allowed);
+    assert_int_equal(r[1].v.remaining, 1);
+    assert_false(r[2].done);
+    flush(w.lim[0]);
+    answer_all(0);
+    assert_true(r[2].done && r[2].v.allowed);
+    free_world(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -495,6 +520,7 @@ int main(void)
         cmocka_unit_test(test_fallback_share),
         cmocka_unit_test(test_call_fails),
         cmocka_unit_test(test_give),
+        cmocka_unit_test(test_refusal_by_need),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
