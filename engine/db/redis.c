@@ -38,10 +38,10 @@
 #include "engine/core/ring.h"
 #include "engine/core/tmr.h"
 
-#define REDIS_SPILL 512 /* commands in flight on a connection before the next one is used */
-#define REDIS_HOOKS 4   /* state hooks per pool */
-#define REDIS_SLOW_MIN 1000
-#define REDIS_SLOW_MAX 60000
+#define REDIS_SPILL 512      /* commands in flight on a connection before the next one is used */
+#define REDIS_HOOKS 4        /* state hooks per pool */
+#define REDIS_SLOW_MIN 1000  /* the slow retry's bounds, ms: never a busy loop... */
+#define REDIS_SLOW_MAX 60000 /* ...and a Redis back is picked up within a minute */
 #define REDIS_CAP_RECHECK_MS 1000 /* look again for a free slot under REDIS_MAX_CONNECTIONS */
 
 enum rconn_state {
