@@ -13,6 +13,8 @@
 #include "engine/core/log.h"
 #include "engine/core/met.h"
 #include "engine/db/db.h"
+#include "engine/db/events.h"
+#include "engine/db/redis.h"
 #include "engine/store/store.h"
 #include "engine/worker.h"
 
@@ -105,6 +107,13 @@ int srv_serve(const struct cfg *cfg)
             log_warn("database host not resolved at start-up", "error=%s", err);
         }
     }
+    {
+        char err[256];
+        /* Not fatal either: without Redis, what it accelerates goes on without it. */
+        if (redis_setup(cfg, err, sizeof(err)) < 0)
+            log_warn("redis unusable", "error=%s", err);
+    }
+    events_setup();
     ret = store_init(cfg);
     if (ret < 0) {
         log_error("storage directory unusable", "dir=%s error=%s", cfg->storage_dir,

@@ -19,9 +19,13 @@
 #include <liburing.h>
 
 #include "engine/core/conn.h"
+#include "engine/db/events.h"
+#include "engine/db/redis.h"
+#include "engine/routes/progress.h"
 
 #define LISTEN_BACKLOG 4096
 #define ACCEPT_RETRY_MS 100
+#define EVENTS_FLUSH_MS 2000 /* the most a stop waits for Redis to take the event backlog */
 
 static int make_listener(const struct cfg *cfg)
 {
@@ -167,6 +171,7 @@ static void begin_stop(struct worker *w)
     }
     conn_drain(w->conns);
     tmr_set(&r->timers, &w->stop_timer, r->now_ms + w->cfg->shutdown_timeout);
+    events_stop(w->events, r->now_ms + EVENTS_FLUSH_MS);
 }
 
 static void arm_wake(struct worker *w)
@@ -277,9 +282,19 @@ static void init_tenants(struct worker *w)
     tmr_init(&w->accept_retry, on_accept_retry);
     tmr_init(&w->stop_timer, on_stop_timer);
     init_db(w);
+    w->redis = redis_pool_new(r, w->cfg, w->cfg->workers);
+    w->events = events_new(r, w->redis);
+    w->progress = progress_new(r, w->redis);
     auth_cache_init(&w->auth);
-    w->router = (struct router){
-        .ring = r, .cfg = w->cfg, .db = w->db, .ndb = w->ndb, .auth = &w->auth, .xfer = &w->xfer};
+    w->router = (struct router){.ring = r,
+                                .cfg = w->cfg,
+                                .db = w->db,
+                                .ndb = w->ndb,
+                                .auth = &w->auth,
+                                .xfer = &w->xfer,
+                                .redis = w->redis,
+                                .events = w->events,
+                                .progress = w->progress};
     w->conns = conn_pool_new(r, &router_handler, &w->router);
     w->router.conns = w->conns;
     /* O_DIRECT uploads end with a truncate to the exact size: no ftruncate op, no O_DIRECT. */
@@ -297,6 +312,10 @@ static void fini_tenants(struct worker *w)
     conn_pool_free(w->conns);
     w->conns = NULL;
     auth_cache_free(&w->auth);
+    /* The pool stopped: no event callback is pending any more. */
+    progress_free(w->progress);
+    events_free(w->events);
+    redis_pool_free(w->redis);
     for (unsigned i = 0; i < w->ndb; i++)
         db_pool_free(&w->db[i]);
 }
@@ -309,13 +328,20 @@ static bool done(struct worker *w)
     if (!w->stopping || conn_pool_open(w->conns) != 0 || sink_pool_draining(&w->sinks) != 0 ||
         w->listen_fd >= 0)
         return false;
-    /* Requests are all answered: the database slices can go. */
+    /* Requests are all answered: the events they made go to Redis while it takes them. */
+    if (events_draining(w->events))
+        return false;
+    /* Then the database slices and Redis can go. */
     if (!w->db_stopped) {
         for (i = 0; i < w->ndb; i++)
             db_pool_stop(&w->db[i]);
         w->db_stopped = true;
     }
-    return true;
+    if (!w->redis_stopped) {
+        redis_pool_stop(w->redis);
+        w->redis_stopped = true;
+    }
+    return redis_pool_stopped(w->redis);
 }
 
 static void loop(struct worker *w)

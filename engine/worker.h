@@ -25,6 +25,9 @@
 #include "engine/store/xfer.h"
 
 struct conn_pool;
+struct redis_pool;
+struct events;
+struct progress;
 
 struct worker {
     struct ring ring;      /* the loop */
@@ -51,6 +54,10 @@ struct worker {
     struct xfer xfer;               /* splice pipes and O_DIRECT buffers */
     struct sink_pool sinks;         /* storage sinks */
     struct router router;           /* what the routes reach of this worker */
+    struct redis_pool *redis;       /* this worker's Redis connections */
+    struct events *events;          /* file events waiting for Redis */
+    struct progress *progress;      /* uploads whose progress Redis shows */
+    bool redis_stopped;             /* redis_pool_stop() done at shutdown */
     struct log_buf log;             /* this worker's log lines */
     size_t log_off;                 /* bytes of the in-flight log buffer already written */
     size_t log_len;                 /* bytes in the in-flight log buffer */

@@ -22,6 +22,9 @@ struct db_pool;
 struct auth_cache;
 struct xfer;
 struct sink_pool;
+struct redis_pool;
+struct events;
+struct progress;
 struct route;
 
 /* What the routes reach of their worker (conn_ctx() of each connection). */
@@ -33,7 +36,10 @@ struct router {
     uint8_t ndb;
     struct auth_cache *auth;
     struct xfer *xfer;
-    struct sink_pool *sinks; /* storage sinks */
+    struct sink_pool *sinks;   /* storage sinks */
+    struct redis_pool *redis;  /* Redis: progress, metadata cache, events, limits */
+    struct events *events;     /* file events, with their backlog (db/events.h) */
+    struct progress *progress; /* upload progress records (routes/progress.h) */
 };
 
 /* The router of a connection's worker. */
