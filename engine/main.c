@@ -9,6 +9,7 @@
 #include "engine/admin.h"
 #include "engine/core/cfg.h"
 #include "engine/core/log.h"
+#include "engine/db/redis_url.h"
 #include "engine/srv.h"
 #include "engine/store/store.h"
 
@@ -62,7 +63,11 @@ static int load(struct cfg *c, int argc, char **argv, bool resolve)
 {
     char err[CFG_ERR_MAX];
 
+    struct redis_addr ra;
+
+    /* REDIS_URL's form is checked here: core's cfg knows no Redis. */
     if (cfg_load(c, argc, argv, err, sizeof(err)) < 0 ||
+        redis_url_parse(c->redis_url, &ra, err, sizeof(err)) < 0 ||
         (resolve && cfg_resolve_paths(c, err, sizeof(err)) < 0)) {
         fprintf(stderr, "ringup: %s\n", err);
         return 2;

@@ -15,6 +15,7 @@
 #include "engine/db/db.h"
 #include "engine/db/events.h"
 #include "engine/db/redis.h"
+#include "engine/db/rlock.h"
 #include "engine/store/store.h"
 #include "engine/worker.h"
 
@@ -109,11 +110,12 @@ int srv_serve(const struct cfg *cfg)
     }
     {
         char err[256];
-        /* Not fatal either: without Redis, what it accelerates goes on without it. */
+        /* REDIS_URL's form was checked at load: what fails here is the host's lookup. */
         if (redis_setup(cfg, err, sizeof(err)) < 0)
-            log_warn("redis unusable", "error=%s", err);
+            log_warn("redis not set up: serving without it", "error=%s", err);
+        rlock_setup();
+        events_setup();
     }
-    events_setup();
     ret = store_init(cfg);
     if (ret < 0) {
         log_error("storage directory unusable", "dir=%s error=%s", cfg->storage_dir,

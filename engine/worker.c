@@ -316,6 +316,7 @@ static void fini_tenants(struct worker *w)
     progress_free(w->progress);
     events_free(w->events);
     redis_pool_free(w->redis);
+    w->redis = NULL;
     for (unsigned i = 0; i < w->ndb; i++)
         db_pool_free(&w->db[i]);
 }
@@ -331,16 +332,14 @@ static bool done(struct worker *w)
     /* Requests are all answered: the events they made go to Redis while it takes them. */
     if (events_draining(w->events))
         return false;
-    /* Then the database slices and Redis can go. */
+    /* Then the database and Redis slices can go. */
     if (!w->db_stopped) {
         for (i = 0; i < w->ndb; i++)
             db_pool_stop(&w->db[i]);
+        redis_pool_stop(w->redis);
         w->db_stopped = true;
     }
-    if (!w->redis_stopped) {
-        redis_pool_stop(w->redis);
-        w->redis_stopped = true;
-    }
+    /* The loop turns until every Redis context is closed (no poll of theirs in flight). */
     return redis_pool_stopped(w->redis);
 }
 

@@ -2,7 +2,7 @@
  * worker: one core, composed. A worker owns a thread and everything that
  * thread drives: its ring (the loop), its SO_REUSEPORT listener with
  * multishot accept, the wake eventfd, the log flusher, and the tenants:
- * connection slots, database slices, the token cache, the transfer pools,
+ * connection slots, database and Redis slices, the token cache, the transfer pools,
  * the storage sinks and the routes. It inits them in dependency order,
  * stops them in reverse, and starts and ends the thread. Nothing here is
  * touched by another thread except the stop flag and the wake eventfd.
@@ -50,14 +50,13 @@ struct worker {
     struct db_pool db[2];           /* database slices: primary, read replica */
     uint8_t ndb;                    /* pools in use: 1, or 2 with DB_READ_URL */
     bool db_stopped;                /* db_pool_stop() done at shutdown */
+    struct redis_pool *redis;       /* the Redis slice */
     struct auth_cache auth;         /* bearer tokens seen lately */
     struct xfer xfer;               /* splice pipes and O_DIRECT buffers */
     struct sink_pool sinks;         /* storage sinks */
     struct router router;           /* what the routes reach of this worker */
-    struct redis_pool *redis;       /* this worker's Redis connections */
     struct events *events;          /* file events waiting for Redis */
     struct progress *progress;      /* uploads whose progress Redis shows */
-    bool redis_stopped;             /* redis_pool_stop() done at shutdown */
     struct log_buf log;             /* this worker's log lines */
     size_t log_off;                 /* bytes of the in-flight log buffer already written */
     size_t log_len;                 /* bytes in the in-flight log buffer */

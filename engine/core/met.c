@@ -250,6 +250,84 @@ static void render_db(struct prom_buf *b)
     }
 }
 
+void met_redis_cmd(struct met_redis *m, uint64_t dur_us)
+{
+    met_inc(&m->commands);
+    met_inc(&m->dur[bucket(dur_us)]);
+    met_add(&m->dur_us_sum, dur_us);
+}
+
+/* One gauge of the Redis slices, per worker (workers without a slice are left out). */
+static void redis_family(struct prom_buf *b, const char *name, const char *help, size_t off)
+{
+    char labels[32];
+    unsigned w;
+
+    prom_family(b, name, "gauge", help);
+    for (w = 0; w < nworkers; w++) {
+        const struct met_redis *d = &workers[w]->redis;
+        if (load(&d->max) == 0)
+            continue;
+        snprintf(labels, sizeof(labels), "worker=\"%u\"", w);
+        prom_sample(b, name, labels, (double)load((const uint64_t *)((const char *)d + off)));
+    }
+}
+
+static uint64_t redis_sum(size_t off)
+{
+    uint64_t s = 0;
+    unsigned w;
+
+    for (w = 0; w < nworkers; w++)
+        s += load((const uint64_t *)((const char *)&workers[w]->redis + off));
+    return s;
+}
+
+static void render_redis(struct prom_buf *b)
+{
+    static const char *const kinds[MET_RE__N] = {"timeout", "conn", "reply"};
+    uint64_t counts[MET_DUR_BUCKETS + 1];
+    char labels[32];
+    unsigned k;
+    unsigned i;
+
+    redis_family(b, "ringup_redis_connections_open", "Redis connections open or opening.",
+                 offsetof(struct met_redis, open));
+    redis_family(b, "ringup_redis_connections_in_use", "Redis connections with commands in flight.",
+                 offsetof(struct met_redis, busy));
+    redis_family(b, "ringup_redis_connections_max", "Redis connections a worker's slice may open.",
+                 offsetof(struct met_redis, max));
+    redis_family(b, "ringup_redis_commands_in_flight", "Redis commands sent and not answered.",
+                 offsetof(struct met_redis, inflight));
+    redis_family(b, "ringup_redis_up", "1 while the worker has a ready Redis connection.",
+                 offsetof(struct met_redis, up));
+    scalar(b, "ringup_redis_commands_total", "counter", "Redis commands answered or failed.",
+           redis_sum(offsetof(struct met_redis, commands)));
+    prom_family(b, "ringup_redis_errors_total", "counter",
+                "Redis commands that failed, by kind (timeout, lost connection, error reply).");
+    for (k = 0; k < MET_RE__N; k++) {
+        snprintf(labels, sizeof(labels), "kind=\"%s\"", kinds[k]);
+        prom_sample(b, "ringup_redis_errors_total", labels,
+                    (double)redis_sum(offsetof(struct met_redis, errors) + k * sizeof(uint64_t)));
+    }
+    scalar(b, "ringup_redis_writes_total", "counter",
+           "Socket writes to Redis (a loop turn's commands leave in one).",
+           redis_sum(offsetof(struct met_redis, writes)));
+    scalar(b, "ringup_redis_reconnects_total", "counter",
+           "Redis connections opened to replace lost or failed ones.",
+           redis_sum(offsetof(struct met_redis, reconnects)));
+    scalar(b, "ringup_redis_noscript_reloads_total", "counter",
+           "Script calls answered NOSCRIPT and sent again as EVAL.",
+           redis_sum(offsetof(struct met_redis, noscript)));
+    for (i = 0; i <= MET_DUR_BUCKETS; i++)
+        counts[i] = redis_sum(offsetof(struct met_redis, dur) + i * sizeof(uint64_t));
+    prom_family(b, "ringup_redis_command_duration_seconds", "histogram",
+                "Time from sending a Redis command to its answer.");
+    prom_histogram(b, "ringup_redis_command_duration_seconds", NULL, dur_bounds, counts,
+                   MET_DUR_BUCKETS,
+                   (double)redis_sum(offsetof(struct met_redis, dur_us_sum)) / 1e6);
+}
+
 /* Sum one field over all workers; off is its offset in struct met_worker. */
 static uint64_t sum(size_t off)
 {
@@ -353,6 +431,7 @@ void met_render(struct prom_buf *b)
     scalar(b, "ringup_auth_strikeouts_total", "counter",
            "Connections closed after presenting too many bad tokens.", SUM(auth_strikeouts));
     render_db(b);
+    render_redis(b);
     render_uploads(b);
     render_sinks(b);
     render_notify(b);

@@ -47,6 +47,30 @@ struct met_db {
     uint64_t dur_us_sum;               /* sum of query durations, µs */
 };
 
+/* Why a Redis command failed, as a metric label. */
+enum met_redis_err {
+    MET_RE_TIMEOUT, /* no answer within REDIS_COMMAND_TIMEOUT */
+    MET_RE_CONN,    /* the connection was lost (or the pool stopped) */
+    MET_RE_REPLY,   /* Redis answered with an error */
+    MET_RE__N,
+};
+
+/* One worker's Redis slice. */
+struct met_redis {
+    uint64_t open;                     /* gauge: connections open or opening */
+    uint64_t busy;                     /* gauge: connections with commands in flight */
+    uint64_t inflight;                 /* gauge: commands in flight */
+    uint64_t max;                      /* gauge: connections the slice may open */
+    uint64_t up;                       /* gauge: 1 while a connection is ready */
+    uint64_t commands;                 /* commands answered or failed */
+    uint64_t errors[MET_RE__N];        /* commands failed, by kind */
+    uint64_t writes;                   /* socket writes (a turn's commands go in one) */
+    uint64_t reconnects;               /* connections opened to replace lost or failed ones */
+    uint64_t noscript;                 /* EVALSHA answered NOSCRIPT and sent again as EVAL */
+    uint64_t dur[MET_DUR_BUCKETS + 1]; /* command duration histogram */
+    uint64_t dur_us_sum;               /* sum of command durations, µs */
+};
+
 struct met_worker {
     uint64_t conn_open;                    /* gauge: connections open now */
     uint64_t conn_accepted;                /* connections accepted */
@@ -71,6 +95,7 @@ struct met_worker {
     uint64_t auth_refused;                 /* requests refused: too many lookups in flight */
     uint64_t auth_strikeouts;              /* connections closed for too many bad tokens */
     struct met_db db[MET_DB_POOLS];        /* database pools */
+    struct met_redis redis;                /* the Redis slice */
     uint64_t up_started[MET_UP__N];        /* uploads whose file was created, by route */
     uint64_t up_completed[MET_UP__N];      /* uploads answered 201, by route */
     uint64_t up_failed[MET_UP__N][MET_UF__N]; /* uploads that failed, by route and reason */
@@ -143,6 +168,9 @@ void met_upload_done(struct met_worker *m, enum met_up_route route, uint64_t dur
 
 /* Count one database query of a pool (owner thread). */
 void met_db_query(struct met_db *m, bool failed, uint64_t dur_us);
+
+/* Count one Redis command answered or failed (owner thread). */
+void met_redis_cmd(struct met_redis *m, uint64_t dur_us);
 
 /* Render every family in Prometheus text into b. Any thread. */
 void met_render(struct prom_buf *b);

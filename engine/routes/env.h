@@ -19,10 +19,10 @@
 struct ring;
 struct cfg;
 struct db_pool;
+struct redis_pool;
 struct auth_cache;
 struct xfer;
 struct sink_pool;
-struct redis_pool;
 struct events;
 struct progress;
 struct route;
@@ -34,10 +34,10 @@ struct router {
     struct conn_pool *conns;
     struct db_pool *db; /* [0] primary, [1] read replica when ndb is 2 */
     uint8_t ndb;
+    struct redis_pool *redis; /* the worker's Redis slice (redis_up() says if usable) */
     struct auth_cache *auth;
     struct xfer *xfer;
     struct sink_pool *sinks;   /* storage sinks */
-    struct redis_pool *redis;  /* Redis: progress, metadata cache, events, limits */
     struct events *events;     /* file events, with their backlog (db/events.h) */
     struct progress *progress; /* upload progress records (routes/progress.h) */
 };
