@@ -171,7 +171,6 @@ static void begin_stop(struct worker *w)
     }
     conn_drain(w->conns);
     tmr_set(&r->timers, &w->stop_timer, r->now_ms + w->cfg->shutdown_timeout);
-    events_stop(w->events, r->now_ms + EVENTS_FLUSH_MS);
 }
 
 static void arm_wake(struct worker *w)
@@ -329,7 +328,15 @@ static bool done(struct worker *w)
     if (!w->stopping || conn_pool_open(w->conns) != 0 || sink_pool_draining(&w->sinks) != 0 ||
         w->listen_fd >= 0)
         return false;
-    /* Requests are all answered: the events they made go to Redis while it takes them. */
+    /*
+     * Requests are all answered: the events they made go to Redis while it
+     * takes them, for EVENTS_FLUSH_MS from now (not from the stop: requests
+     * that took long to finish made events too).
+     */
+    if (!w->events_stopping) {
+        events_stop(w->events, w->ring.now_ms + EVENTS_FLUSH_MS);
+        w->events_stopping = true;
+    }
     if (events_draining(w->events))
         return false;
     /* Then the database and Redis slices can go. */

@@ -268,11 +268,11 @@ static void on_record(void *ud, uint64_t tag, struct redisReply *reply, int err)
         free(pr);
         return;
     }
-    rec = err == 0 ? redis_reply_str(reply, &len) : NULL;
-    if (err == 0 && reply != NULL && !redis_reply_is_error(reply) && rec == NULL)
-        not_found(c, pr->rq.close);
-    else if (rec == NULL || redis_reply_is_error(reply))
+    /* A lost or refused answer says nothing of the record: retry later, as with Redis down. */
+    if (err != 0 || redis_reply_is_error(reply))
         unavailable(c, pr->rq.close);
+    else if ((rec = redis_reply_str(reply, &len)) == NULL)
+        not_found(c, pr->rq.close); /* nil: never written, expired, or another user's */
     else
         reply_respond(c, conn_head(c), 200, REPLY_JSON, rec, len, conn_head(c)->method == HTTP_HEAD,
                       pr->rq.close, NULL);
