@@ -38,10 +38,10 @@
 #include "engine/core/ring.h"
 #include "engine/core/tmr.h"
 
-#define REDIS_SPILL 512 /* commands in flight on a connection before the next one is used */
-#define REDIS_HOOKS 4   /* state hooks per pool */
-#define REDIS_SLOW_MIN 1000
-#define REDIS_SLOW_MAX 60000
+#define REDIS_SPILL 512      /* commands in flight on a connection before the next one is used */
+#define REDIS_HOOKS 4        /* state hooks per pool */
+#define REDIS_SLOW_MIN 1000  /* the slow retry's bounds, ms: never a busy loop... */
+#define REDIS_SLOW_MAX 60000 /* ...and a Redis back is picked up within a minute */
 #define REDIS_CAP_RECHECK_MS 1000 /* look again for a free slot under REDIS_MAX_CONNECTIONS */
 
 enum rconn_state {
@@ -592,6 +592,10 @@ static int conn_open(struct rconn *c)
     }
     if (!slot_take(p->cfg->redis_max_connections))
         return -EAGAIN;
+    /* Every attempt on a slot that had a connection counts, refused at once or not. */
+    if (c->used)
+        met_inc(&p->m->reconnects);
+    c->used = true;
     if (g_addr.is_unix)
         ac = redisAsyncConnectUnix(g_addr.path);
     else
@@ -620,9 +624,6 @@ static int conn_open(struct rconn *c)
     ac->ev.cleanup = ev_cleanup;
     p->nopen++;
     met_set(&p->m->open, p->nopen);
-    if (c->used)
-        met_inc(&p->m->reconnects);
-    c->used = true;
     /* Connect and handshake share the command timeout. */
     tmr_set(&p->r->timers, &c->timer, p->r->now_ms + p->cfg->redis_command_timeout);
     /* Setting the callback asks for POLLOUT: connect(2) completes with it. */

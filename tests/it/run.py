@@ -1229,6 +1229,9 @@ auth_flood.register(test)
 # row inserts with lost answers, forms all or none, directory syncs: tests/it/durability.py
 import durability  # noqa: E402
 durability.register(test)
+# the Redis slices: caps, outages, fast and slow reconnects: tests/it/redis.py
+import redis  # noqa: E402
+redis.register(test)
 # progress, metadata cache and events through Redis: tests/it/notify.py
 import notify  # noqa: E402
 notify.register(test)

@@ -231,6 +231,31 @@ static void test_pipeline(void **state)
     rig_free(g);
 }
 
+/* Past REDIS_SPILL commands in flight on the only connection, the slice opens another. */
+static void test_spill(void **state)
+{
+    struct rig *g = rig_new(NULL, 5000);
+    int n = REDIS_SPILL + 100;
+    int i;
+
+    (void)state;
+    assert_true(SPIN(g, redis_up(g->p)));
+    assert_int_equal(g->p->nopen, 1);
+    reset();
+    for (i = 0; i < n; i++)
+        assert_int_equal(redis_cmd(g->p, on_answer, NULL, (uint64_t)i % NRES, "PING"), 0);
+    assert_true(SPIN(g, answered == n));
+    assert_true(SPIN(g, g->p->nready == 2));
+    assert_int_equal(g->r.met.redis.open, 2);
+    assert_int_equal(g->r.met.redis.inflight, 0);
+    /* No more than the slice's max (2), however backed up. */
+    for (i = 0; i < 2 * n; i++)
+        assert_int_equal(redis_cmd(g->p, NULL, NULL, 0, "PING"), 0);
+    assert_true(SPIN(g, g->r.met.redis.inflight == 0));
+    assert_int_equal(g->p->nopen, 2);
+    rig_free(g);
+}
+
 static struct redis_script echo = {
     .name = "echo", .src = "return ARGV[1] .. ':' .. KEYS[1] .. ':test-script'", .sha = ""};
 
@@ -572,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_noscript),  cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_reconnect), cmocka_unit_test(test_stop),
         cmocka_unit_test(test_locks),     cmocka_unit_test(test_lock_keepalive),
+        cmocka_unit_test(test_spill),
     };
     const struct CMUnitTest tcp[] = {
         cmocka_unit_test(test_tcp_auth_db),
