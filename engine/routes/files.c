@@ -171,7 +171,7 @@ static void on_get(void *ud, uint64_t tag, struct pg_result *res, int err)
 {
     struct files_req *f = ud;
     struct conn *c = requester(f);
-    struct router *rt = f->rq.rt;
+    struct router *rt;
     struct db_file_meta m;
     cJSON *doc;
     char *body;
@@ -179,6 +179,7 @@ static void on_get(void *ud, uint64_t tag, struct pg_result *res, int err)
     (void)tag;
     if (c == NULL)
         return;
+    rt = f->rq.rt;
     if (err != 0) {
         reply_db_error(c, err, f->rq.close);
     } else if (db_rows(res) == 0) {
@@ -207,7 +208,7 @@ static void on_cached(void *ud, uint64_t tag, struct redisReply *reply, int err)
 {
     struct files_req *f = ud;
     struct conn *c = requester(f);
-    struct met_worker *met = &f->rq.rt->ring->met;
+    struct met_worker *met;
     struct mcache_val v;
     const char *val;
     size_t len = 0;
@@ -216,6 +217,7 @@ static void on_cached(void *ud, uint64_t tag, struct redisReply *reply, int err)
     (void)tag;
     if (c == NULL)
         return;
+    met = &f->rq.rt->ring->met;
     val = err == 0 && !redis_reply_is_error(reply) ? redis_reply_str(reply, &len) : NULL;
     if (val != NULL)
         kind = mcache_decode(val, len, &v);
