@@ -289,9 +289,9 @@ static void init_tenants(struct worker *w)
                                 .cfg = w->cfg,
                                 .db = w->db,
                                 .ndb = w->ndb,
+                                .redis = w->redis,
                                 .auth = &w->auth,
                                 .xfer = &w->xfer,
-                                .redis = w->redis,
                                 .events = w->events,
                                 .progress = w->progress};
     w->conns = conn_pool_new(r, &router_handler, &w->router);
