@@ -416,3 +416,24 @@ def t_events_backlog(ctx):
         for (typ, fid, size), ev in zip(want, evs):
             check_event(ev, typ, fid, p.user_a, size, "flushed %s %s" % (typ, fid[:8]))
         expect_eq("ringup_events_dropped_total", 0, metric(p.s1.port, "ringup_events_dropped_total"))
+
+
+@_test("notify: a stopping server waits for Redis to take its events (CLIENT PAUSE holds them)")
+def t_events_flush_at_stop(ctx):
+    with db_routes.TestDb(ctx) as db, rediskit.RedisServer() as redis:
+        p = Pair(ctx, db, redis)
+        # Redis holds every write for 1.5 s: the event's script waits in Redis, unanswered.
+        expect_eq("CLIENT PAUSE", "OK", redis.cli("CLIENT", "PAUSE", 1500, "WRITE"))
+        fid = put_ok(p.s1.port, p.tok_a, "last.bin", b"l" * 7)
+        expect_eq("ringup_events_backlog with the script held", 1,
+                  metric(p.s1.port, "ringup_events_backlog"))
+        p.s1.terminate()
+        rc = p.s1.wait_exit(15.0)
+        p.s1.finish()
+        expect_eq("exit status after SIGTERM", 0, rc)
+        # A server that closed its Redis connections at once would have lost the event:
+        # Redis drops a paused client's pending command when the client goes.
+        evs = [json.loads(f[1]) for _, f in redis.cli("XRANGE", "ringup:events", "-", "+")]
+        expect([e["id"] for e in evs if e["type"] == "file.queued"][:1] == [fid],
+               "the event made just before the stop is in the stream", fid,
+               repr([(e["type"], e["id"]) for e in evs]))
