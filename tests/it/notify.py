@@ -8,7 +8,8 @@ instance while the first receives it; a cache hit is shown to make no
 database query (the db query counter of /metrics stays still, and moves by
 one per request when the cache is bypassed); events are read back with a
 consumer group and a subscriber; with Redis stopped, uploads and deletes go
-on and their events are flushed, in order, once it is back.
+on and their events are flushed, in order, once it is back; a stopping server
+waits for Redis to take its last events.
 
 run.py hands its @test decorator to register(); nothing runs at import.
 Only the Python standard library is used; all traffic goes to 127.0.0.1.
