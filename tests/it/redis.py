@@ -137,6 +137,10 @@ def t_outage(ctx):
         env.put_ok("after.bin", b"z" * 1000)
         env.check_tree()
         after = fds(pid)
+        # Splice pipes are a per-worker cache that fills on a worker's first large upload
+        # (which worker takes an upload is the kernel's choice): only the rest must match.
+        before = {k: v for k, v in before.items() if not v.startswith("pipe:")}
+        after = {k: v for k, v in after.items() if not v.startswith("pipe:")}
         expect_eq("descriptors of ringup before the outage and after the reconnect",
                   len(before), len(after),
                   "new: %s" % {k: v for k, v in after.items() if before.get(k) != v},
