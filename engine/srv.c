@@ -13,6 +13,7 @@
 #include "engine/core/log.h"
 #include "engine/core/met.h"
 #include "engine/db/db.h"
+#include "engine/db/events.h"
 #include "engine/db/limit.h"
 #include "engine/db/redis.h"
 #include "engine/db/rlock.h"
@@ -114,6 +115,7 @@ int srv_serve(const struct cfg *cfg)
         if (redis_setup(cfg, err, sizeof(err)) < 0)
             log_warn("redis not set up: serving without it", "error=%s", err);
         rlock_setup();
+        events_setup();
     }
     ret = store_init(cfg);
     if (ret < 0) {

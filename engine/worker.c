@@ -19,11 +19,14 @@
 #include <liburing.h>
 
 #include "engine/core/conn.h"
+#include "engine/db/events.h"
 #include "engine/db/limit.h"
 #include "engine/db/redis.h"
+#include "engine/routes/progress.h"
 
 #define LISTEN_BACKLOG 4096
 #define ACCEPT_RETRY_MS 100
+#define EVENTS_FLUSH_MS 2000 /* the most a stop waits for Redis to take the event backlog */
 
 static int make_listener(const struct cfg *cfg)
 {
@@ -281,6 +284,8 @@ static void init_tenants(struct worker *w)
     init_db(w);
     w->redis = redis_pool_new(r, w->cfg, w->cfg->workers);
     w->lim = lim_new(r, w->cfg, w->redis, w->id);
+    w->events = events_new(r, w->redis);
+    w->progress = progress_new(r, w->redis);
     auth_cache_init(&w->auth);
     w->router = (struct router){.ring = r,
                                 .cfg = w->cfg,
@@ -289,7 +294,10 @@ static void init_tenants(struct worker *w)
                                 .redis = w->redis,
                                 .auth = &w->auth,
                                 .xfer = &w->xfer,
-                                .lim = w->lim};
+                                .lim = w->lim,
+
+                                .events = w->events,
+                                .progress = w->progress};
     w->conns = conn_pool_new(r, &router_handler, &w->router);
     w->router.conns = w->conns;
     /* O_DIRECT uploads end with a truncate to the exact size: no ftruncate op, no O_DIRECT. */
@@ -309,6 +317,9 @@ static void fini_tenants(struct worker *w)
     auth_cache_free(&w->auth);
     lim_free(w->lim);
     w->lim = NULL;
+    /* The pool stopped: no event callback is pending any more. */
+    progress_free(w->progress);
+    events_free(w->events);
     redis_pool_free(w->redis);
     w->redis = NULL;
     for (unsigned i = 0; i < w->ndb; i++)
@@ -323,7 +334,18 @@ static bool done(struct worker *w)
     if (!w->stopping || conn_pool_open(w->conns) != 0 || sink_pool_draining(&w->sinks) != 0 ||
         w->listen_fd >= 0)
         return false;
-    /* Requests are all answered: the database and Redis slices can go (leases first). */
+    /*
+     * Requests are all answered: the events they made go to Redis while it
+     * takes them, for EVENTS_FLUSH_MS from now (not from the stop: requests
+     * that took long to finish made events too).
+     */
+    if (!w->events_stopping) {
+        events_stop(w->events, w->ring.now_ms + EVENTS_FLUSH_MS);
+        w->events_stopping = true;
+    }
+    if (events_draining(w->events))
+        return false;
+    /* Then the database and Redis slices can go (leases first). */
     if (!w->db_stopped) {
         for (i = 0; i < w->ndb; i++)
             db_pool_stop(&w->db[i]);

@@ -27,6 +27,8 @@
 struct conn_pool;
 struct redis_pool;
 struct lim;
+struct events;
+struct progress;
 
 struct worker {
     struct ring ring;      /* the loop */
@@ -55,6 +57,9 @@ struct worker {
     struct xfer xfer;               /* splice pipes and O_DIRECT buffers */
     struct sink_pool sinks;         /* storage sinks */
     struct router router;           /* what the routes reach of this worker */
+    struct events *events;          /* file events waiting for Redis */
+    struct progress *progress;      /* uploads whose progress Redis shows */
+    bool events_stopping;           /* events_stop() done at shutdown */
     struct log_buf log;             /* this worker's log lines */
     size_t log_off;                 /* bytes of the in-flight log buffer already written */
     size_t log_len;                 /* bytes in the in-flight log buffer */

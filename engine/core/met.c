@@ -376,6 +376,33 @@ static uint64_t sum(size_t off)
     return s;
 }
 
+/* What Redis accelerates: the metadata cache, upload progress, the event stream. */
+static void render_notify(struct prom_buf *b)
+{
+    scalar(b, "ringup_meta_cache_hits_total", "counter",
+           "File metadata reads answered from Redis, without the database.", SUM(mcache_hits));
+    scalar(b, "ringup_meta_cache_misses_total", "counter",
+           "File metadata reads looked up in Redis and answered by the database.",
+           SUM(mcache_misses));
+    scalar(b, "ringup_meta_cache_stores_total", "counter",
+           "File metadata entries sent to Redis after a miss.", SUM(mcache_stores));
+    scalar(b, "ringup_meta_cache_invalidations_total", "counter",
+           "Tombstones sent to Redis for changed or deleted files.", SUM(mcache_invalidations));
+    scalar(b, "ringup_meta_cache_invalidations_skipped_total", "counter",
+           "Tombstones not sent because Redis was down (entries expire on their own).",
+           SUM(mcache_invalidations_skipped));
+    scalar(b, "ringup_progress_writes_total", "counter", "Upload progress records sent to Redis.",
+           SUM(progress_writes));
+    scalar(b, "ringup_progress_skipped_total", "counter",
+           "Upload progress records not sent because Redis was down.", SUM(progress_skipped));
+    scalar(b, "ringup_events_sent_total", "counter",
+           "File events Redis acknowledged (stream and channel).", SUM(events_sent));
+    scalar(b, "ringup_events_backlog", "gauge", "File events waiting for Redis.",
+           SUM(events_backlog));
+    scalar(b, "ringup_events_dropped_total", "counter",
+           "File events dropped because the backlog was full.", SUM(events_dropped));
+}
+
 void met_render(struct prom_buf *b)
 {
     uint64_t counts[MET_DUR_BUCKETS + 1];
@@ -445,4 +472,5 @@ void met_render(struct prom_buf *b)
     render_uploads(b);
     render_sinks(b);
     render_ratelimit(b);
+    render_notify(b);
 }

@@ -127,13 +127,23 @@ struct met_worker {
     uint64_t sink_failed[MET_SF__N]; /* sinks that failed, by reason */
     uint64_t sink_aborted;           /* sinks their caller gave up before the outcome */
 
-    uint64_t rl_decisions[MET_RL__N]; /* rate-limit decisions, by outcome and scope */
-    uint64_t rl_lease_calls;          /* lease calls sent to Redis */
-    uint64_t rl_leased;               /* permits leased from Redis */
-    uint64_t rl_returned;             /* unused permits given back to Redis */
-    uint64_t rl_local;                /* decisions of the local fallback (Redis away) */
-    uint64_t rl_shared;               /* gauge: 1 while the worker's limits go through Redis */
-    uint64_t rl_instances;            /* gauge (worker 0): instances seen lately */
+    uint64_t rl_decisions[MET_RL__N];      /* rate-limit decisions, by outcome and scope */
+    uint64_t rl_lease_calls;               /* lease calls sent to Redis */
+    uint64_t rl_leased;                    /* permits leased from Redis */
+    uint64_t rl_returned;                  /* unused permits given back to Redis */
+    uint64_t rl_local;                     /* decisions of the local fallback (Redis away) */
+    uint64_t rl_shared;                    /* gauge: 1 while the worker's limits go through Redis */
+    uint64_t rl_instances;                 /* gauge (worker 0): instances seen lately */
+    uint64_t mcache_hits;                  /* GET /v1/files/{id} answered from Redis */
+    uint64_t mcache_misses;                /* looked up in Redis, answered by the database */
+    uint64_t mcache_stores;                /* entries sent to Redis after a miss */
+    uint64_t mcache_invalidations;         /* tombstones sent to Redis */
+    uint64_t mcache_invalidations_skipped; /* tombstones not sent: Redis down */
+    uint64_t progress_writes;              /* upload progress records sent to Redis */
+    uint64_t progress_skipped;             /* progress records not sent: Redis down */
+    uint64_t events_sent;                  /* events Redis acknowledged */
+    uint64_t events_backlog;               /* gauge: events waiting for Redis */
+    uint64_t events_dropped;               /* events dropped: the backlog was full */
 };
 
 /* Single-writer increment: the owner thread only. */

@@ -44,7 +44,8 @@ enum file_col {
     "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "                \
     "to_char(processed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), error"
 
-enum delete_col { DELETE_KEY }; /* DB_FILE_DELETE: RETURNING storage_key */
+/* DB_FILE_DELETE: RETURNING storage_key, and what the file.deleted event tells */
+enum delete_col { DELETE_KEY, DELETE_SIZE, DELETE_SHA256, DELETE_MIME };
 
 /* DB_FILE_CONTENT: storage_key, size, name, mime, sha256, status */
 enum content_col {
@@ -73,7 +74,7 @@ static const struct {
                             "ORDER BY created_at DESC, id DESC LIMIT $2::integer",
                             4},
     [DB_FILE_DELETE] = {"DELETE FROM files WHERE id = $1::uuid AND owner = $2 "
-                        "RETURNING storage_key",
+                        "RETURNING storage_key, size, sha256, mime",
                         2},
 #define INSERT_COLS "INSERT INTO files (id, owner, name, size, status, storage_key, priority) "
     [DB_FILE_INSERT] = {INSERT_COLS "VALUES ($1::uuid, $2, $3, $4::bigint, $5, $6, $7::smallint)",
@@ -1181,4 +1182,12 @@ void db_file_content_get(const struct pg_result *res, int row, struct db_file_co
 const char *db_file_deleted_key(const struct pg_result *res, int row)
 {
     return PQgetvalue(res, row, DELETE_KEY);
+}
+
+void db_file_deleted_get(const struct pg_result *res, int row, struct db_file_deleted *d)
+{
+    d->storage_key = PQgetvalue(res, row, DELETE_KEY);
+    d->size = strtoull(PQgetvalue(res, row, DELETE_SIZE), NULL, 10);
+    d->sha256 = nullable(res, row, DELETE_SHA256);
+    d->mime = nullable(res, row, DELETE_MIME);
 }

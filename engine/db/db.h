@@ -46,7 +46,7 @@ enum db_stmt {
     DB_FILE_GET,        /* $1 id, $2 owner -> one file's metadata */
     DB_FILE_LIST,       /* $1 owner, $2 limit -> newest files */
     DB_FILE_LIST_AFTER, /* $1 owner, $2 limit, $3 created_at, $4 id -> files before the cursor */
-    DB_FILE_DELETE,     /* $1 id, $2 owner -> storage_key of the deleted row */
+    DB_FILE_DELETE,     /* $1 id, $2 owner -> storage_key, size, sha256, mime of the deleted row */
     DB_FILE_INSERT,
     /* one files row: id, owner, name, size, status, storage_key, priority */
     DB_FILE_INSERT_MANY, /* the same seven columns as arrays: many rows, one statement */
@@ -256,5 +256,14 @@ void db_file_content_get(const struct pg_result *res, int row, struct db_file_co
 
 /* DB_FILE_DELETE: the storage key of the deleted row. */
 const char *db_file_deleted_key(const struct pg_result *res, int row);
+
+/* A row of DB_FILE_DELETE: where its bytes were and what its file.deleted event says. */
+struct db_file_deleted {
+    const char *storage_key; /* objects/ab/cd/<id> */
+    uint64_t size;           /* bytes */
+    const char *sha256;      /* NULL until processed */
+    const char *mime;        /* NULL until processed */
+};
+void db_file_deleted_get(const struct pg_result *res, int row, struct db_file_deleted *d);
 
 #endif /* ENGINE_DB_DB_H */

@@ -24,6 +24,8 @@ struct redis_pool;
 struct auth_cache;
 struct xfer;
 struct sink_pool;
+struct events;
+struct progress;
 struct route;
 
 /* What the routes reach of their worker (conn_ctx() of each connection). */
@@ -36,8 +38,10 @@ struct router {
     struct redis_pool *redis; /* the worker's Redis slice (redis_up() says if usable) */
     struct auth_cache *auth;
     struct xfer *xfer;
-    struct sink_pool *sinks; /* storage sinks */
-    struct lim *lim;         /* the upload rate limits */
+    struct sink_pool *sinks;   /* storage sinks */
+    struct lim *lim;           /* the upload rate limits */
+    struct events *events;     /* file events, with their backlog (db/events.h) */
+    struct progress *progress; /* upload progress records (routes/progress.h) */
 };
 
 /* The router of a connection's worker. */

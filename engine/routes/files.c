@@ -4,6 +4,12 @@
  * Each handler runs one query and answers from its callback, which carries
  * the struct files_req and always frees it, whether the connection is still
  * there or not. Reads go to the replica when there is one.
+ *
+ * GET /v1/files/{id} reads through the metadata cache in Redis (mcache.h)
+ * when Redis is up: a hit answers the bytes the database path answered when
+ * it stored them, with no query; a miss queries and stores. DELETE leaves a
+ * tombstone there once its row is gone. Both say so in the event stream
+ * (events.h): DELETE emits file.deleted.
  */
 #include "engine/routes/files.h"
 
@@ -22,6 +28,8 @@
 #include "engine/core/met.h"
 #include "engine/core/ring.h"
 #include "engine/db/db.h"
+#include "engine/db/events.h"
+#include "engine/db/mcache.h"
 #include "engine/routes/download.h"
 #include "engine/routes/reply.h"
 #include "engine/store/store.h"
@@ -148,16 +156,30 @@ static cJSON *file_json(const struct db_file_meta *m)
     return o;
 }
 
+static struct db_pool *read_pool(struct router *r);
+static enum conn_verdict by_id(struct conn *c, struct route_req *q, struct db_pool *pool,
+                               enum db_stmt stmt, db_cb cb);
+
+/* Answer one file's metadata: the body both the database and the cache path send. */
+static void answer_meta(struct conn *c, const char *body, size_t len, bool close)
+{
+    reply_respond(c, conn_head(c), 200, REPLY_JSON, body, len, conn_head(c)->method == HTTP_HEAD,
+                  close, NULL);
+}
+
 static void on_get(void *ud, uint64_t tag, struct pg_result *res, int err)
 {
     struct files_req *f = ud;
     struct conn *c = requester(f);
+    struct router *rt;
     struct db_file_meta m;
     cJSON *doc;
+    char *body;
 
     (void)tag;
     if (c == NULL)
         return;
+    rt = f->rq.rt;
     if (err != 0) {
         reply_db_error(c, err, f->rq.close);
     } else if (db_rows(res) == 0) {
@@ -165,10 +187,55 @@ static void on_get(void *ud, uint64_t tag, struct pg_result *res, int err)
     } else {
         db_file_meta_get(res, 0, &m);
         doc = file_json(&m);
-        answer_json(c, 200, doc, f->rq.close);
+        body = cJSON_PrintUnformatted(doc);
         cJSON_Delete(doc);
+        if (body == NULL)
+            log_oom();
+        answer_meta(c, body, strlen(body), f->rq.close);
+        /* NX: a delete's tombstone, written since this row was read, wins. */
+        mcache_store(rt->redis, &rt->ring->met, f->id, f->rq.user, body, strlen(body));
+        free(body);
     }
     done(c, f);
+}
+
+/*
+ * The cache's answer: a hit answers here (a tombstone or another owner's
+ * entry: 404, as the database would); anything else (a miss, a value not
+ * ours, an error, a lost answer) goes to the database.
+ */
+static void on_cached(void *ud, uint64_t tag, struct redisReply *reply, int err)
+{
+    struct files_req *f = ud;
+    struct conn *c = requester(f);
+    struct met_worker *met;
+    struct mcache_val v;
+    const char *val;
+    size_t len = 0;
+    int kind = -ENOENT;
+
+    (void)tag;
+    if (c == NULL)
+        return;
+    met = &f->rq.rt->ring->met;
+    val = err == 0 && !redis_reply_is_error(reply) ? redis_reply_str(reply, &len) : NULL;
+    if (val != NULL)
+        kind = mcache_decode(val, len, &v);
+    if (kind == MCACHE_TOMB || (kind == MCACHE_ENTRY && !mcache_owned_by(&v, f->rq.user))) {
+        met_inc(&met->mcache_hits);
+        not_found(c, f->rq.close);
+        done(c, f);
+        return;
+    }
+    if (kind == MCACHE_ENTRY) {
+        met_inc(&met->mcache_hits);
+        answer_meta(c, v.body, v.body_len, f->rq.close);
+        done(c, f);
+        return;
+    }
+    met_inc(&met->mcache_misses);
+    if (by_id(c, &f->rq, read_pool(f->rq.rt), DB_FILE_GET, on_get) == CONN_ANSWERED)
+        conn_resume(c); /* answered at once, f freed */
 }
 
 static void on_list(void *ud, uint64_t tag, struct pg_result *res, int err)
@@ -268,6 +335,23 @@ static void on_unlinked(struct conn *c, int res)
     conn_resume(c);
 }
 
+/*
+ * The row of f is gone: its cache entry becomes a tombstone, and file.deleted
+ * goes out. Whether or not the requester is still there.
+ */
+static void deleted(struct files_req *f, const struct pg_result *res)
+{
+    struct router *rt = f->rq.rt;
+    struct db_file_deleted d;
+    struct events_file ev;
+
+    db_file_deleted_get(res, 0, &d);
+    mcache_invalidate(rt->redis, &rt->ring->met, f->id);
+    ev = (struct events_file){f->id, f->rq.user, d.size, d.sha256, d.mime};
+    if (rt->events != NULL)
+        events_emit(rt->events, EVENTS_FILE_DELETED, &ev);
+}
+
 static void on_delete(void *ud, uint64_t tag, struct pg_result *res, int err)
 {
     struct files_req *f = ud;
@@ -275,6 +359,8 @@ static void on_delete(void *ud, uint64_t tag, struct pg_result *res, int err)
     struct unlink_op *u;
     struct io_uring_sqe *sqe;
 
+    if (err == 0 && db_rows(res) > 0)
+        deleted(f, res);
     if (c == NULL) {
         /* The row is gone: its bytes must go too, even with nobody to tell. */
         if (err == 0 && db_rows(res) > 0)
@@ -337,6 +423,9 @@ static enum conn_verdict by_id(struct conn *c, struct route_req *q, struct db_po
 
 enum conn_verdict files_get(struct conn *c, struct route_req *q)
 {
+    /* Redis down or refusing: straight to the database, no waiting. */
+    if (mcache_lookup(q->rt->redis, files_req_of(q)->id, on_cached, q, q->conn) == 0)
+        return CONN_PENDING;
     return by_id(c, q, read_pool(q->rt), DB_FILE_GET, on_get);
 }
 

@@ -10,6 +10,7 @@
 
 #include "engine/core/cfg.h"
 #include "engine/core/conn.h"
+#include "engine/routes/progress.h"
 #include "engine/routes/reply.h"
 #include "engine/routes/upload.h"
 
@@ -54,6 +55,7 @@ enum route_rc intake_parse(struct conn *c, struct route_req *q)
     struct http_span cl;
     struct http_span ct;
     struct http_span name;
+    struct http_span pid;
     uint64_t limit = cfg->max_file_size;
     bool post = h->method == HTTP_POST;
 
@@ -68,6 +70,12 @@ enum route_rc intake_parse(struct conn *c, struct route_req *q)
         limit = limit * cfg->max_files_per_request + (1u << 20);
     if (http_content_length(p) > limit) {
         reply_error(c, h, 413, "too_large", "The file is larger than MAX_FILE_SIZE.", true, NULL);
+        return ROUTE_ANSWERED;
+    }
+    if (progress_header(h, &pid) < 0) {
+        reply_error(c, h, 400, "bad_request",
+                    "X-Progress-Id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -.", true,
+                    NULL);
         return ROUTE_ANSWERED;
     }
     in->expected = http_content_length(p);

@@ -23,7 +23,7 @@ struct intake_req {
 /*
  * The parse step: ROUTE_NEXT, or ROUTE_ANSWERED and closing: 411 without a
  * length, 413 past MAX_FILE_SIZE (a form: MAX_FILES_PER_REQUEST of them),
- * 400 for a name that is not UTF-8.
+ * 400 for a name that is not UTF-8 or a malformed X-Progress-Id.
  */
 enum route_rc intake_parse(struct conn *c, struct route_req *q);
 

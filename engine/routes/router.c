@@ -28,6 +28,7 @@
 #include "engine/routes/files.h"
 #include "engine/routes/intake.h"
 #include "engine/routes/limits.h"
+#include "engine/routes/progress.h"
 #include "engine/routes/reply.h"
 #include "proto/prom.h"
 
@@ -61,6 +62,7 @@ static enum conn_verdict metrics(struct conn *c, struct route_req *q);
 #define BARE sizeof(struct route_req)
 #define FILES sizeof(struct files_req)
 #define INTAKE sizeof(struct intake_req)
+#define PROGRESS sizeof(struct progress_req)
 
 /*
  * The routes. A capture matches one segment, any bytes but '/' and at least
@@ -68,7 +70,8 @@ static enum conn_verdict metrics(struct conn *c, struct route_req *q);
  * segments match exactly; there is no prefix match, so a trailing slash or
  * an extra segment is another path. The first route whose pattern and
  * method match is taken; HEAD is taken where GET is. ROUTE_ANON marks
- * what ALLOW_ANONYMOUS opens: uploads, and reading a file by its id.
+ * what ALLOW_ANONYMOUS opens: uploads, reading a file by its id, and an
+ * upload's progress (an anonymous upload's own).
  * M_OPTIONS on /v1/uploads only names the preflight in that path's Allow.
  */
 static const struct route routes[] = {
@@ -82,6 +85,7 @@ static const struct route routes[] = {
     {M_GET, "/v1/files/{id}/content", ROUTE_ANON, false, FILES, files_parse_id, files_content},
     {M_POST, "/v1/files/{id}/link", ROUTE_TOKEN, false, FILES, files_parse_id, files_link},
     {M_POST | M_OPTIONS, "/v1/uploads", ROUTE_ANON, true, INTAKE, intake_parse, intake_begin},
+    {M_GET, "/v1/uploads/{id}/progress", ROUTE_ANON, false, PROGRESS, progress_parse, progress_get},
 };
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))

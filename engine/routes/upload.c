@@ -48,8 +48,10 @@
 #include "engine/core/ring.h"
 #include "engine/db/auth.h"
 #include "engine/db/db.h"
+#include "engine/db/events.h"
 #include "engine/routes/env.h"
 #include "engine/routes/limits.h"
+#include "engine/routes/progress.h"
 #include "engine/routes/reply.h"
 #include "engine/store/sink.h"
 #include "engine/store/store.h"
@@ -79,6 +81,9 @@ struct upload {
     bool pinned;             /* the sink holds a span or the socket: the connection is pinned */
     uint64_t max;            /* MAX_FILE_SIZE */
     char user[AUTH_USER_MAX + 1];
+
+    struct progress_up prog; /* the X-Progress-Id record, if the client sent one */
+
     struct mp_parser *mp; /* multipart: the parser; NULL for a raw body */
     const char *in;       /* multipart: what is left of the span being parsed */
     size_t inlen;
@@ -116,6 +121,8 @@ static void drop_files(struct upload *u)
 /* Free the upload's memory; its files are dealt with already. */
 static void upload_dispose(struct upload *u)
 {
+    /* Every end says its outcome first; this only keeps the tracker's list sound. */
+    progress_fail(&u->prog, "internal_error");
     free(u->mp);
     free(u);
 }
@@ -141,6 +148,7 @@ static void upload_gone(void *p)
     struct upload *u = p;
 
     count_failure(u, MET_UF_CLIENT_GONE);
+    progress_fail(&u->prog, "client_gone");
     upload_free(u);
 }
 
@@ -151,6 +159,7 @@ static void fail(struct conn *c, struct upload *u, int status, const char *code,
     count_failure(u, status == 413   ? MET_UF_TOO_LARGE
                      : status == 507 ? MET_UF_STORAGE_FULL
                                      : MET_UF_STORAGE_ERROR);
+    progress_fail(&u->prog, code);
     upload_free(u);
     /* The body may be unread: the connection cannot be reused. */
     reply_error(c, conn_head(c), status, code, msg, true,
@@ -258,8 +267,10 @@ static bool on_sock_put(void *ctx, uint64_t n)
 
     if (c == NULL)
         return false;
-    if (n > 0)
+    if (n > 0) {
         conn_io_progress(c, n, true);
+        progress_add(&u->prog, n);
+    }
     return true;
 }
 
@@ -397,6 +408,29 @@ static void answer(struct conn *c, struct upload *u)
     cJSON_Delete(doc);
 }
 
+/* The rows are in: tell the world (events) and the progress record, files queued. */
+static void announce(struct upload *u)
+{
+    const char *stack[ROWS_ON_STACK];
+    const char **ids = stack;
+    uint32_t i;
+
+    if (u->nfiles > ROWS_ON_STACK) {
+        ids = malloc(u->nfiles * sizeof(*ids));
+        if (ids == NULL)
+            log_oom();
+    }
+    for (i = 0; i < u->nfiles; i++) {
+        struct events_file ev = {u->files[i].id, u->user, u->files[i].size, NULL, NULL};
+        if (u->rt->events != NULL)
+            events_emit(u->rt->events, EVENTS_FILE_QUEUED, &ev);
+        ids[i] = u->files[i].id;
+    }
+    progress_done(&u->prog, ids, u->nfiles);
+    if (ids != stack)
+        free(ids);
+}
+
 /* The rows are in: the files are the user's now; answer 201. */
 static void recorded(struct upload *u)
 {
@@ -405,6 +439,7 @@ static void recorded(struct upload *u)
 
     for (i = 0; i < u->nfiles; i++)
         u->files[i].linked = false;
+    announce(u);
     met_upload_done(&u->rt->ring->met, u->route, c != NULL ? conn_elapsed_us(c) : 0);
     if (c != NULL) {
         answer(c, u);
@@ -424,6 +459,7 @@ static void unrecorded(struct upload *u, struct conn *c, bool keep)
     uint32_t i;
 
     count_failure(u, MET_UF_DATABASE);
+    progress_fail(&u->prog, "database_unavailable");
     if (keep) {
         met_inc(&u->rt->ring->met.up_kept);
         log_warn("upload outcome unknown, files kept for fsck", "first_id=%s files=%u error=%s",
@@ -754,6 +790,7 @@ enum conn_verdict upload_begin(struct conn *c, const char *user, const char *nam
     u->maxfiles = maxfiles;
     snprintf(u->user, sizeof(u->user), "%s", user);
     conn_set_rdata(c, u, upload_gone);
+    progress_begin(&u->prog, r->progress, user, h, expected, !http_chunked(conn_parser(c)));
     if (!multipart) {
         /* An O_DIRECT sink without a buffer free at once takes the page-cache path. */
         begin_file(u, name, strlen(name), raw_mode(r, expected), cached_mode(r, expected));
@@ -780,6 +817,7 @@ static enum conn_verdict upload_body(struct conn *c, struct http_span body)
         return CONN_ANSWERED;
     /* Checked before the bytes are parsed: a chunked body has no length to check at the door. */
     u->body += body.len;
+    progress_add(&u->prog, body.len);
     if (u->body > u->body_max) {
         fail(c, u, 413, "too_large",
              u->mp != NULL ? "The form is larger than MAX_FILES_PER_REQUEST files of MAX_FILE_SIZE."

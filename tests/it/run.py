@@ -1235,6 +1235,9 @@ redis.register(test)
 # upload rate limits shared through Redis, and their local fallback: tests/it/ratelimit.py
 import ratelimit  # noqa: E402
 ratelimit.register(test)
+# progress, metadata cache and events through Redis: tests/it/notify.py
+import notify  # noqa: E402
+notify.register(test)
 
 
 # ==========================================================================
