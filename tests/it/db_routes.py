@@ -409,6 +409,14 @@ def db_server(ctx, db, *args, workers=2, env=None, unset=("ALLOW_ANONYMOUS",), p
     return ctx.server(*args, env=e, unset=unset, workers=workers, prefix=prefix)
 
 
+def db_server_nocache(ctx, db, *args, **kw):
+    """db_server() with no Redis, so GET /v1/files/{id} always queries PostgreSQL (the metadata
+    cache would answer the repeated reads these tests use to drive the pool)."""
+    env = dict(kw.pop("env", None) or {})
+    env["REDIS_URL"] = "unix:///nonexistent/ringup-no-redis.sock"
+    return db_server(ctx, db, *args, env=env, **kw)
+
+
 def scrape(port):
     r = http(port, "GET", "/metrics")
     expect_status(r, 200)
@@ -952,7 +960,7 @@ def t_query_timeout(ctx):
     with TestDb(ctx) as db:
         tok = db.token("alice")
         fid = db.add_file("alice")
-        s = db_server(ctx, db, "--db-query-timeout", "1000", workers=1)
+        s = db_server_nocache(ctx, db, "--db-query-timeout", "1000", workers=1)
         p = "/v1/files/" + fid
         ok_json(api(s.port, "GET", p, tok), "GET %s before the lock" % p)
         listing(s.port, tok, what="GET /v1/files before the lock")
@@ -993,7 +1001,7 @@ def t_terminate_backends(ctx):
     with TestDb(ctx) as db:
         tok = db.token("alice")
         fid = db.add_file("alice")
-        s = db_server(ctx, db, "--db-max-connections", cap, "--db-pool-min", 2,
+        s = db_server_nocache(ctx, db, "--db-max-connections", cap, "--db-pool-min", 2,
                       "--db-pool-max", cap, workers=2)
         p = "/v1/files/" + fid
         for _ in range(4):
@@ -1103,7 +1111,7 @@ def t_db_metrics(ctx):
     with TestDb(ctx) as db:
         tok = db.token("alice")
         fid = db.add_file("alice")
-        s = db_server(ctx, db, "--db-pool-min", pmin, "--db-pool-max", cap,
+        s = db_server_nocache(ctx, db, "--db-pool-min", pmin, "--db-pool-max", cap,
                       "--db-max-connections", cap, workers=2)
 
         def opened(m):
@@ -1193,7 +1201,7 @@ def t_pool_idle_shrink(ctx):
     with TestDb(ctx) as db:
         tok = db.token("alice")
         fid = db.add_file("alice")
-        s = db_server(ctx, db, "--db-pool-min", pmin, "--db-pool-max", pmax,
+        s = db_server_nocache(ctx, db, "--db-pool-min", pmin, "--db-pool-max", pmax,
                       "--db-max-connections", pmax, "--db-pool-idle-timeout", 1000, workers=1)
         p = "/v1/files/" + fid
         ok_json(api(s.port, "GET", p, tok), "GET %s before the load" % p)
@@ -1297,7 +1305,7 @@ def t_read_replica(ctx):
     with TestDb(ctx) as db:
         tok = db.token("alice")
         fid = db.add_file("alice")
-        s = db_server(ctx, db, "--db-pool-min", 2, "--db-pool-max", 4,
+        s = db_server_nocache(ctx, db, "--db-pool-min", 2, "--db-pool-max", 4,
                       "--db-max-connections", 4, workers=1, env={"DB_READ_URL": db.url})
         for _ in range(5):
             ok_json(api(s.port, "GET", "/v1/files/%s" % fid, token=tok), "GET file via replica")
